@@ -1,0 +1,355 @@
+"""The live state: every profile's credentials, kept warm, served from memory.
+
+The request path (:meth:`Broker.usable`) is a dictionary lookup and one
+comparison with the clock. Only when nothing valid is held does a request
+wait, and then it joins the one in-flight fetch for that profile
+(single-flight) for at most ``request_deadline`` seconds. A profile, once
+asked for, is renewed ahead of expiry by a keeper task until nobody has asked
+for it in ``idle_timeout_seconds``. A failed renewal keeps the last good
+credentials in service until they expire, and retries with capped, jittered
+backoff (design.md rules 6 and 7).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from credd.aws import AwsClients, SigningKeys
+from credd.clock import Clock
+from credd.config import (
+    AssumeRoleProfile,
+    RefreshSettings,
+    ServedProfile,
+    SsoRoleProfile,
+    StaticKeysProfile,
+)
+from credd.errors import CreddError, LoginRequired, NotServed, UpstreamError
+from credd.flight import SingleFlight
+from credd.profiles import AssumeRoleFetcher, Fetcher, RoleCredentials, SsoRoleFetcher
+from credd.schedule import renewal_time, retry_time
+from credd.sessions import SessionStatus
+from credd.sessions.identity_center import IdentityCenterSession
+
+log = structlog.get_logger(__name__)
+
+#: credentials this close to expiry are not served: the caller could not use them
+MIN_SERVE_SECONDS = 30.0
+#: how long a request waits for a fetch: under the SDKs' 1-2 s timeouts (protocols.md 8.2)
+DEFAULT_REQUEST_DEADLINE = 0.9
+
+
+class ProfileState(StrEnum):
+    #: nothing fetched yet; the first request fetches
+    COLD = "cold"
+    #: valid credentials held and renewed ahead of expiry
+    FRESH = "fresh"
+    #: valid credentials held, no longer renewed: nobody asked for a while
+    IDLE = "idle"
+    #: the last fetch failed for a reason that may pass; retrying with backoff
+    RETRYING = "retrying"
+    #: the session behind the profile needs a new login
+    LOGIN_REQUIRED = "login-required"
+    #: AWS refused the role for a reason retrying will not fix
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ProfileStatus:
+    name: str
+    kind: str
+    source: str
+    state: ProfileState
+    expiration: datetime | None
+    next_renewal: datetime | None
+    last_used: datetime | None
+    last_error: str | None
+    action: str | None
+
+
+class _Keeper:
+    """Everything the broker knows about one served profile."""
+
+    def __init__(self, spec: ServedProfile, session: str | None, prefetch: bool) -> None:
+        self.spec = spec
+        #: the Identity Center session at the root of the profile's source chain
+        self.session = session
+        self.prefetch = prefetch
+        self.fetcher: Fetcher | None = None
+        self.flight: SingleFlight[RoleCredentials] | None = None
+        self.creds: RoleCredentials | None = None
+        self.last_used: datetime | None = None
+        self.problem: CreddError | None = None
+        self.failures = 0
+        self.retry_at: datetime | None = None
+        self.next_renewal: datetime | None = None
+        self.renewing = False
+
+    def usable(self, now: datetime) -> RoleCredentials | None:
+        creds = self.creds
+        if creds is not None and creds.expiration - now > timedelta(seconds=MIN_SERVE_SECONDS):
+            return creds
+        return None
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        sessions: Mapping[str, IdentityCenterSession],
+        profiles: Mapping[str, ServedProfile],
+        sources: Mapping[str, StaticKeysProfile],
+        clients: AwsClients,
+        clock: Clock,
+        task_group: TaskGroup,
+        refresh: RefreshSettings,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._sessions = sessions
+        self._sources = sources
+        self._clients = clients
+        self._clock = clock
+        self._task_group = task_group
+        self._refresh = refresh
+        self._deadline = request_deadline
+        self._draw = draw
+        self._keepers: dict[str, _Keeper] = {}
+        for name, spec in profiles.items():
+            keeper = _Keeper(spec, self._root_session(spec, profiles), name in refresh.prefetch)
+            keeper.fetcher = self._fetcher(spec)
+            keeper.flight = SingleFlight(task_group, functools.partial(self._fetch, keeper))
+            self._keepers[name] = keeper
+
+    # ------------------------------------------------------------------ wiring
+
+    @staticmethod
+    def _root_session(spec: ServedProfile, profiles: Mapping[str, ServedProfile]) -> str | None:
+        seen: set[str] = set()
+        current: ServedProfile | None = spec
+        while isinstance(current, AssumeRoleProfile) and current.name not in seen:
+            seen.add(current.name)
+            current = profiles.get(current.source_profile)
+        return current.session if isinstance(current, SsoRoleProfile) else None
+
+    def _fetcher(self, spec: ServedProfile) -> Fetcher:
+        if isinstance(spec, SsoRoleProfile):
+            return SsoRoleFetcher(
+                spec, self._sessions[spec.session], clients=self._clients, clock=self._clock
+            )
+        source = spec.source_profile
+        static = self._sources.get(source)
+
+        async def source_keys() -> SigningKeys:
+            if static is not None:
+                return SigningKeys(
+                    static.access_key_id, static.secret_access_key, static.session_token
+                )
+            return (await self.credentials(source, wait=None)).signing_keys()
+
+        return AssumeRoleFetcher(spec, source_keys, clients=self._clients, clock=self._clock)
+
+    # ------------------------------------------------------------------ the request path
+
+    def knows(self, name: str) -> bool:
+        return name in self._keepers
+
+    def usable(self, name: str) -> RoleCredentials | None:
+        """Valid credentials held in memory, or ``None``; marks the profile as in use."""
+        keeper = self._keepers.get(name)
+        if keeper is None:
+            return None
+        now = self._clock.now()
+        keeper.last_used = now
+        creds = keeper.usable(now)
+        if creds is not None and not keeper.renewing:
+            self._start_keeper(keeper)
+        return creds
+
+    async def credentials(self, name: str, *, wait: float | None = -1.0) -> RoleCredentials:
+        """Credentials for ``name``, fetching them if none are held.
+
+        ``wait`` bounds the wait for a fetch in seconds (default: the request
+        deadline; ``None``: no bound). Raises :class:`NotServed`,
+        :class:`LoginRequired` or :class:`UpstreamError`.
+        """
+        keeper = self._keepers.get(name)
+        if keeper is None:
+            raise NotServed(f"no profile named {name!r} is served", hint="run: credd status")
+        creds = self.usable(name)
+        if creds is not None:
+            return creds
+        now = self._clock.now()
+        if (
+            keeper.problem is not None
+            and not isinstance(keeper.problem, LoginRequired)
+            and keeper.retry_at is not None
+            and now < keeper.retry_at
+        ):
+            raise keeper.problem  # failing fast until the backoff says try again
+        assert keeper.flight is not None
+        limit = self._deadline if wait == -1.0 else wait
+        try:
+            with anyio.fail_after(limit):
+                return await keeper.flight.run()
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"credentials for {name} are still being fetched from AWS",
+                hint="try again in a moment",
+            ) from exc
+
+    async def _fetch(self, keeper: _Keeper) -> RoleCredentials:
+        assert keeper.fetcher is not None
+        name = keeper.spec.name
+        now = self._clock.now()
+        try:
+            creds = await keeper.fetcher.fetch()
+        except CreddError as exc:
+            self._failed(keeper, exc, now)
+            raise
+        keeper.creds = creds
+        keeper.problem = None
+        keeper.failures = 0
+        keeper.retry_at = None
+        log.info("credentials_fetched", profile=name, expiration=creds.expiration)
+        if not keeper.renewing and (keeper.prefetch or keeper.last_used is not None):
+            self._start_keeper(keeper)
+        return creds
+
+    def _failed(self, keeper: _Keeper, error: CreddError, now: datetime) -> None:
+        held = keeper.usable(now)
+        keeper.problem = error
+        keeper.retry_at = retry_time(
+            now,
+            keeper.failures,
+            draw=self._draw(),
+            not_after=held.expiration - timedelta(seconds=MIN_SERVE_SECONDS) if held else None,
+        )
+        keeper.failures += 1
+        log.warning(
+            "credentials_fetch_failed",
+            profile=keeper.spec.name,
+            error=error.message,
+            serving_last_good=held is not None,
+            retry_at=keeper.retry_at,
+        )
+
+    # ------------------------------------------------------------------ renewal
+
+    def _start_keeper(self, keeper: _Keeper) -> None:
+        keeper.renewing = True
+        self._task_group.start_soon(self._run_keeper, keeper, name=f"keeper:{keeper.spec.name}")
+
+    async def _run_keeper(self, keeper: _Keeper) -> None:
+        """Renew one profile's credentials ahead of expiry while it is in use."""
+        assert keeper.flight is not None
+        idle = timedelta(seconds=self._refresh.idle_timeout_seconds)
+        try:
+            while True:
+                now = self._clock.now()
+                idle_at = (keeper.last_used or now) + idle
+                if not keeper.prefetch and now >= idle_at:
+                    log.info("profile_idle", profile=keeper.spec.name)
+                    return
+                wake = self._next_fetch(keeper, now)
+                keeper.next_renewal = wake
+                await self._clock.sleep_until(wake if keeper.prefetch else min(wake, idle_at))
+                if self._clock.now() < wake:
+                    continue  # woke to check idleness
+                try:
+                    await keeper.flight.run()
+                except CreddError:
+                    continue  # _failed recorded it and set retry_at
+        finally:
+            keeper.renewing = False
+            keeper.next_renewal = None
+
+    def _next_fetch(self, keeper: _Keeper, now: datetime) -> datetime:
+        if keeper.retry_at is not None:
+            return keeper.retry_at
+        creds = keeper.creds
+        if creds is None:
+            return now
+        return renewal_time(
+            lifetime_start=creds.received_at,
+            expires_at=creds.expiration,
+            margin_seconds=self._refresh.credentials_margin_seconds,
+            draw=self._draw(),
+        )
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start every session's renewal loop and the prefetched profiles, then keep going."""
+        async with anyio.create_task_group() as tg:
+            for session in self._sessions.values():
+                await tg.start(session.run)
+            for keeper in self._keepers.values():
+                if keeper.prefetch:
+                    self._start_keeper(keeper)
+            task_status.started()
+
+    # ------------------------------------------------------------------ sessions
+
+    def sync_session(self, name: str) -> SessionStatus:
+        """Re-read a session's cache now; a logged-out session takes its credentials along."""
+        session = self._sessions.get(name)
+        if session is None:
+            raise NotServed(f"no session named {name!r}", hint="run: credd status")
+        session.sync()
+        status = session.status()
+        if status.expires_at is None:
+            for keeper in self._keepers.values():
+                if keeper.session == name:
+                    keeper.creds = None
+        return status
+
+    # ------------------------------------------------------------------ status
+
+    def profile_statuses(self) -> list[ProfileStatus]:
+        now = self._clock.now()
+        return [self._profile_status(k, now) for k in self._keepers.values()]
+
+    def session_statuses(self) -> list[SessionStatus]:
+        return [s.status() for s in self._sessions.values()]
+
+    def _profile_status(self, keeper: _Keeper, now: datetime) -> ProfileStatus:
+        spec = keeper.spec
+        problem = keeper.problem
+        creds = keeper.usable(now)
+        action: str | None = None
+        if isinstance(problem, LoginRequired):
+            state = ProfileState.LOGIN_REQUIRED
+            action = f"credd login {problem.session}"
+        elif isinstance(problem, UpstreamError) and not problem.transient:
+            state = ProfileState.ERROR
+            action = problem.hint
+        elif problem is not None:
+            state = ProfileState.RETRYING
+        elif creds is None:
+            state = ProfileState.COLD
+        else:
+            state = ProfileState.FRESH if keeper.renewing else ProfileState.IDLE
+        if isinstance(spec, SsoRoleProfile):
+            kind, source = "sso-role", spec.session
+        else:
+            kind, source = "assume-role", spec.source_profile
+        return ProfileStatus(
+            name=spec.name,
+            kind=kind,
+            source=source,
+            state=state,
+            expiration=creds.expiration if creds else None,
+            next_renewal=keeper.next_renewal,
+            last_used=keeper.last_used,
+            last_error=problem.message if problem else None,
+            action=action,
+        )

@@ -1,0 +1,349 @@
+"""The ``credd`` command: argv to settings to a daemon or a client call.
+
+The only module that prints or exits. Errors print one line to stderr and
+exit non-zero (1; 2 for a usage or configuration error); a traceback only
+with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shlex
+import signal
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import anyio
+
+from credd import __version__
+from credd.config import Settings, load_settings
+from credd.errors import ConfigError, CreddError, DaemonUnavailable, NotServed
+from credd.paths import resolve_paths
+
+#: what `credd env` and `credd exec` clear, so nothing shadows the endpoint
+#: (botocore's chain puts env keys and profiles before the container provider)
+SHADOWING_VARIABLES = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="credd config file (default: $CREDD_CONFIG, else $XDG_CONFIG_HOME/credd/config.toml)",
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging and tracebacks",
+    )
+    parser = argparse.ArgumentParser(
+        prog="credd",
+        parents=[common],
+        description="Keeps AWS sign-ins alive and serves role credentials to every SDK.",
+    )
+    parser.add_argument("--version", action="version", version=f"credd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=text, description=text)
+
+    add("serve", "run the daemon in the foreground until SIGTERM or SIGINT")
+    login = add("login", "log in a profile or sso-session")
+    login.add_argument("name", metavar="NAME")
+    login.add_argument("--device", action="store_true", help="use the device code flow")
+    login.add_argument("--signin", action="store_true", help="AWS Sign-In (aws login)")
+    login.add_argument("--remote", action="store_true", help="Sign-In's cross-device flow")
+    login.add_argument("--no-browser", action="store_true", help="only print the URL")
+    logout = add("logout", "forget a session, locally and upstream")
+    logout.add_argument("name", metavar="NAME")
+    status = add("status", "every session and profile: state, expiry, last error")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    env = add("env", "print export lines that point SDKs at the endpoint for PROFILE")
+    env.add_argument("profile", metavar="PROFILE")
+    run = add("exec", "run a command with the endpoint for PROFILE")
+    run.add_argument("profile", metavar="PROFILE")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    process = add("credential-process", "print credential_process JSON for PROFILE")
+    process.add_argument("profile", metavar="PROFILE")
+    token = add("token", "print the bearer access token of a trusted-identity session")
+    token.add_argument("name", metavar="NAME")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(resolve_paths(os.environ, config_file=getattr(args, "config", None)))
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"credd: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        _dispatch(args, debug)
+    except ConfigError as exc:
+        if debug:
+            raise
+        _fail(str(exc), 2)
+    except CreddError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _dispatch(args: argparse.Namespace, debug: bool) -> None:
+    settings = _settings(args)
+    command = args.command
+    if command == "serve":
+        from credd.log import configure_logging
+
+        configure_logging("debug" if debug else settings.log.level, settings.log.format)
+        anyio.run(_serve, settings)
+    elif command == "login":
+        _login(settings, args, debug)
+    elif command == "logout":
+        _logout(settings, args.name)
+    elif command == "status":
+        _status(settings, as_json=args.json)
+    elif command == "env":
+        for line in _env_lines(settings, args.profile):
+            print(line)
+    elif command == "exec":
+        _exec(settings, args.profile, args.argv)
+    elif command == "credential-process":
+        _credential_process(settings, args.profile)
+    elif command == "token":
+        from credd import client
+
+        answer = client.request(settings, f"/v1/tokens/{_quote(args.name)}")
+        print(answer["accessToken"])
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+# --------------------------------------------------------------------------- serve
+
+
+async def _serve(settings: Settings) -> None:
+    from credd.daemon import run_daemon
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            await tg.start(functools.partial(run_daemon, settings))
+            async for _signal in signals:
+                tg.cancel_scope.cancel()
+                break
+
+
+# --------------------------------------------------------------------------- login, logout
+
+
+def _session_spec(settings: Settings, name: str) -> Any:
+    spec = settings.session_for(name)
+    if spec is None:
+        reason = settings.unserved.get(name)
+        detail = f": {reason}" if reason else ""
+        raise NotServed(
+            f"{name!r} is neither an sso-session nor a profile served through one{detail}",
+            hint="see credd status",
+        )
+    return spec
+
+
+def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
+    if args.signin or args.remote:
+        raise CreddError("AWS Sign-In (--signin, --remote) is not supported by this version")
+    from credd.clock import SystemClock
+    from credd.console import TerminalLoginUI
+    from credd.daemon import aws_clients, sso_cache
+    from credd.log import configure_logging
+    from credd.sessions.sso_login import LoginOptions, SsoLogin
+
+    configure_logging("debug" if debug else "warning", "console")
+    spec = _session_spec(settings, args.name)
+    clock = SystemClock()
+    ui = TerminalLoginUI(clock)
+    login = SsoLogin(
+        spec,
+        cache=sso_cache(settings),
+        clients=aws_clients(settings),
+        clock=clock,
+        ui=ui,
+        options=LoginOptions(device=args.device, open_browser=not args.no_browser),
+    )
+
+    async def run() -> Any:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ui.run_spinner)
+            token = await login.run()
+            tg.cancel_scope.cancel()
+        return token
+
+    token = anyio.run(run)
+    print(
+        f"Logged in to {spec.name}; access token valid until "
+        f"{token.expires_at:%Y-%m-%d %H:%M:%S} UTC.",
+        file=sys.stderr,
+    )
+    _tell_daemon(settings, spec.name)
+
+
+def _tell_daemon(settings: Settings, session: str) -> None:
+    from credd import client
+
+    try:
+        client.request(settings, f"/v1/sessions/{_quote(session)}/sync", method="POST")
+    except DaemonUnavailable:
+        print("(credd is not running: `credd serve` will pick the session up.)", file=sys.stderr)
+    else:
+        print("The running daemon serves it now.", file=sys.stderr)
+
+
+def _logout(settings: Settings, name: str) -> None:
+    from credd.daemon import aws_clients, sso_cache
+    from credd.store import CacheCorrupt
+
+    spec = _session_spec(settings, name)
+    cache = sso_cache(settings)
+
+    async def run() -> str | None:
+        warning = None
+        try:
+            token = cache.load_token(spec.cache_key)
+        except CacheCorrupt:
+            token = None
+        if token is not None:
+            try:
+                async with aws_clients(settings).client(
+                    "sso", region=spec.region, profile=spec.endpoint_profile
+                ) as portal:
+                    await portal.logout(accessToken=token.access_token.reveal())
+            except CreddError as exc:
+                warning = f"the portal's Logout failed ({exc}); the local session is gone anyway"
+        async with cache.lock(spec.cache_key):
+            cache.delete_token(spec.cache_key)
+        return warning
+
+    warning = anyio.run(run)
+    if warning:
+        print(f"credd: warning: {warning}", file=sys.stderr)
+    print(f"Logged out of {spec.name}.", file=sys.stderr)
+    _tell_daemon(settings, spec.name)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _status(settings: Settings, *, as_json: bool) -> None:
+    from credd import client
+    from credd.status import offline_sessions, render_status, status_document
+
+    try:
+        document = client.request(settings, "/v1/status")
+    except DaemonUnavailable:
+        from credd.clock import SystemClock
+        from credd.daemon import sso_cache
+
+        document = status_document(
+            daemon={"running": False},
+            sessions=offline_sessions(
+                settings.sessions.values(), sso_cache(settings), SystemClock().now()
+            ),
+            profiles=[],
+            unserved=settings.unserved,
+        )
+    print(json.dumps(document, indent=2) if as_json else render_status(document))
+
+
+# --------------------------------------------------------------------------- serving SDKs
+
+
+def _served(settings: Settings, profile: str) -> None:
+    if profile not in settings.profiles:
+        reason = settings.unserved.get(profile)
+        raise NotServed(
+            f"profile {profile!r} is not served"
+            + (f": {reason}" if reason else " (no such profile in the AWS config)"),
+            hint="see credd status",
+        )
+
+
+def _environment(settings: Settings, profile: str) -> dict[str, str]:
+    from credd.client import endpoint
+
+    _served(settings, profile)
+    where = endpoint(settings)
+    values = {
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": where.credentials_url(profile),
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(where.token_file),
+    }
+    region = settings.region_of(profile)
+    if region:
+        values["AWS_REGION"] = values["AWS_DEFAULT_REGION"] = region
+    return values
+
+
+def _env_lines(settings: Settings, profile: str) -> list[str]:
+    values = _environment(settings, profile)
+    lines = [f"unset {' '.join(SHADOWING_VARIABLES)}"]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
+    return lines
+
+
+def _exec(settings: Settings, profile: str, argv: list[str]) -> NoReturn:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        _fail("usage: credd exec PROFILE -- CMD [ARGS...]", 2)
+    env = {k: v for k, v in os.environ.items() if k not in SHADOWING_VARIABLES}
+    env.update(_environment(settings, profile))
+    sys.stdout.flush()
+    try:
+        os.execvpe(argv[0], argv, env)  # noqa: S606  # running the user's command is the point
+    except OSError as exc:
+        _fail(f"cannot run {argv[0]!r}: {exc.strerror}", 127)
+
+
+def _credential_process(settings: Settings, profile: str) -> None:
+    from credd import client
+
+    _served(settings, profile)
+    creds = client.request(settings, f"/v1/credentials/{_quote(profile)}")
+    print(
+        json.dumps(
+            {
+                "Version": 1,
+                "AccessKeyId": creds["AccessKeyId"],
+                "SecretAccessKey": creds["SecretAccessKey"],
+                "SessionToken": creds["Token"],
+                "Expiration": creds["Expiration"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,577 @@
+"""The AWS config and credd's TOML, turned into frozen, typed settings.
+
+This is the edge where untyped text becomes data: nothing past this module
+sees a ``dict[str, Any]``. A malformed file raises :class:`ConfigError` naming
+the file, the line and the key. A profile that is well-formed but that credd
+cannot serve is not an error: it lands in ``Settings.unserved`` with the
+reason, and ``credd status`` shows it while every other profile keeps working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from credd.errors import ConfigError
+from credd.ini import IniFile, Section, read_ini
+from credd.paths import Paths
+from credd.secret import Secret
+
+DEFAULT_LISTEN: Final = "127.0.0.1:9911"
+DEFAULT_SCOPES: Final = ("sso:account:access",)
+# Identity Center tokens: stay more than 15 minutes from expiry so that no SDK
+# reading the shared cache starts a refresh of its own (protocols.md 7.1, 7.4).
+DEFAULT_TOKEN_MARGIN: Final = 1200.0
+# Role credentials: botocore re-fetches on every call once fewer than 15
+# minutes remain (protocols.md 7.2), so serve them with more than that.
+DEFAULT_CREDENTIALS_MARGIN: Final = 1200.0
+DEFAULT_IDLE_TIMEOUT: Final = 7200.0
+
+_ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+_SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+_ACCOUNT_ID = re.compile(r"^\d{12}$")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class SsoSessionSpec:
+    """One Identity Center sign-in: an ``[sso-session]`` or a legacy start URL."""
+
+    #: the name users type (``credd login NAME``): the sso-session name, or for
+    #: a legacy profile the start URL
+    name: str
+    start_url: str
+    region: str
+    registration_scopes: tuple[str, ...]
+    #: legacy sessions (start URL in the profile) log in with the device code
+    #: and get no refresh token, as with the AWS CLI (protocols.md 2.4, 6.1)
+    legacy: bool
+    #: the AWS profile whose endpoint overrides the session's calls honour
+    endpoint_profile: str | None
+
+    @property
+    def cache_key(self) -> str:
+        """What the AWS CLI hashes for the token cache file name (protocols.md 6.1)."""
+        return self.start_url if self.legacy else self.name
+
+
+@dataclass(frozen=True)
+class SsoRoleProfile:
+    """Role credentials from ``sso:GetRoleCredentials``."""
+
+    name: str
+    session: str
+    account_id: str
+    role_name: str
+    region: str | None
+
+
+@dataclass(frozen=True)
+class AssumeRoleProfile:
+    """Role credentials from STS AssumeRole, signed by another profile's credentials."""
+
+    name: str
+    source_profile: str
+    role_arn: str
+    role_session_name: str | None
+    duration_seconds: int | None
+    external_id: str | None
+    region: str | None
+
+
+@dataclass(frozen=True)
+class StaticKeysProfile:
+    """Keys written in the config or credentials file: a source, never served."""
+
+    name: str
+    access_key_id: str
+    secret_access_key: Secret
+    session_token: Secret | None
+    region: str | None
+
+
+ServedProfile = SsoRoleProfile | AssumeRoleProfile
+SourceProfile = SsoRoleProfile | AssumeRoleProfile | StaticKeysProfile
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    token_file: Path
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RefreshSettings:
+    token_margin_seconds: float = DEFAULT_TOKEN_MARGIN
+    credentials_margin_seconds: float = DEFAULT_CREDENTIALS_MARGIN
+    #: a profile nobody asked for in this long stops being renewed
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT
+    #: profiles fetched at start and kept warm whether asked for or not
+    prefetch: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    #: "auto" (console on a terminal, JSON otherwise), "console" or "json"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Settings:
+    paths: Paths
+    server: ServerSettings
+    refresh: RefreshSettings
+    log: LogSettings
+    sessions: Mapping[str, SsoSessionSpec]
+    #: every profile credd serves, by name
+    profiles: Mapping[str, ServedProfile]
+    #: profiles that may sign or source a call but are not served themselves
+    sources: Mapping[str, StaticKeysProfile]
+    #: profiles credd cannot serve, with the reason
+    unserved: Mapping[str, str]
+
+    def region_of(self, profile: str) -> str | None:
+        served = self.profiles.get(profile)
+        return served.region if served else None
+
+    def session_for(self, name: str) -> SsoSessionSpec | None:
+        """The session named ``name``, or the one at the root of profile ``name``'s chain."""
+        if name in self.sessions:
+            return self.sessions[name]
+        seen: set[str] = set()
+        profile = self.profiles.get(name)
+        while isinstance(profile, AssumeRoleProfile) and profile.name not in seen:
+            seen.add(profile.name)
+            profile = self.profiles.get(profile.source_profile)
+        return self.sessions.get(profile.session) if isinstance(profile, SsoRoleProfile) else None
+
+
+# --------------------------------------------------------------------------- credd TOML
+
+
+def _toml_line(text: str, table: tuple[str, ...], key: str | None) -> int | None:
+    """Best-effort line of ``key`` in ``[table]`` (tomllib keeps no positions)."""
+    header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]\s*$")
+    in_table = not table
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("["):
+            if in_table and key is None:
+                return None
+            in_table = bool(header.match(line))
+            if in_table and key is None:
+                return number
+            continue
+        if in_table and key and re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+class _TomlReader:
+    """Typed access to one TOML table, with errors that point at the line."""
+
+    def __init__(self, path: Path, text: str, table: tuple[str, ...], data: Any) -> None:
+        self.path, self.text, self.table = path, text, table
+        if not isinstance(data, dict):
+            raise self.error(None, "must be a table")
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def error(self, key: str | None, problem: str) -> ConfigError:
+        line = _toml_line(self.text, self.table, key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        dotted = ".".join((*self.table, key) if key else self.table)
+        return ConfigError(f"{where}: {dotted}: {problem}")
+
+    def get(self, key: str, kind: type[Any], default: Any = None) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {kind.__name__}, found {type(value).__name__}")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value: float = self.get(key, float, default)
+        if value < 0:
+            raise self.error(key, "must not be negative")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, list, [])
+        if not all(isinstance(item, str) for item in value):
+            raise self.error(key, "expected a list of strings")
+        return tuple(value)
+
+    def reject_unknown(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                raise self.error(key, "unknown key")
+
+
+def _parse_listen(reader: _TomlReader) -> tuple[str, int]:
+    listen: str = reader.get("listen", str, DEFAULT_LISTEN)
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise reader.error("listen", f"expected HOST:PORT, found {listen!r}")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise reader.error(
+            "listen",
+            f"{host!r} is not a loopback address; credd serves credentials only on "
+            "loopback (127.0.0.1 or ::1)",
+        )
+    return ("127.0.0.1" if host == "localhost" else host), int(port_text)
+
+
+@dataclass(frozen=True)
+class _CreddToml:
+    server: ServerSettings
+    refresh: RefreshSettings
+    log: LogSettings
+    unserved: Mapping[str, str]
+    #: for errors found after reading (a prefetch naming no served profile)
+    refresh_table: _TomlReader
+
+
+def _read_credd_toml(paths: Paths) -> _CreddToml:
+    path = paths.credd_config_file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+    top = _TomlReader(path, text, (), data)
+    server = _TomlReader(path, text, ("server",), top.get("server", dict, {}))
+    host, port = _parse_listen(server)
+    token_file_text: str | None = server.get("token_file", str)
+    token_file = Path(token_file_text).expanduser() if token_file_text else None
+    server.reject_unknown()
+
+    refresh = _TomlReader(path, text, ("refresh",), top.get("refresh", dict, {}))
+    refresh_settings = RefreshSettings(
+        token_margin_seconds=refresh.seconds("token_margin_seconds", DEFAULT_TOKEN_MARGIN),
+        credentials_margin_seconds=refresh.seconds(
+            "credentials_margin_seconds", DEFAULT_CREDENTIALS_MARGIN
+        ),
+        idle_timeout_seconds=refresh.seconds("idle_timeout_seconds", DEFAULT_IDLE_TIMEOUT),
+        prefetch=frozenset(refresh.strings("prefetch")),
+    )
+    refresh.reject_unknown()
+
+    log = _TomlReader(path, text, ("log",), top.get("log", dict, {}))
+    level: str = log.get("level", str, "info")
+    if level not in {"debug", "info", "warning", "error"}:
+        raise log.error("level", f"expected debug, info, warning or error, found {level!r}")
+    fmt: str = log.get("format", str, "auto")
+    if fmt not in {"auto", "console", "json"}:
+        raise log.error("format", f"expected auto, console or json, found {fmt!r}")
+    log.reject_unknown()
+
+    profiles = _TomlReader(path, text, ("profiles",), top.get("profiles", dict, {}))
+    unserved: dict[str, str] = {}
+    for name in profiles.data:
+        table = _TomlReader(path, text, ("profiles", name), profiles.get(name, dict))
+        kind = table.get("type", str)
+        if kind is None:
+            raise table.error("type", "missing: every [profiles.NAME] table names its type")
+        if kind != "create-token-with-iam":
+            raise table.error("type", f"unknown profile type {kind!r}")
+        unserved[name] = "create-token-with-iam profiles are not supported by this version of credd"
+    top.reject_unknown()
+
+    return _CreddToml(
+        server=ServerSettings(host, port, token_file or paths.default_token_file),
+        refresh=refresh_settings,
+        log=LogSettings(level=level, format=fmt),
+        unserved=unserved,
+        refresh_table=refresh,
+    )
+
+
+# --------------------------------------------------------------------------- AWS config
+
+
+class _AwsConfig:
+    """The AWS config and credentials files, read as botocore reads them."""
+
+    def __init__(self, config: IniFile | None, credentials: IniFile | None) -> None:
+        self.config = config
+        self.profiles: dict[str, Section] = {}
+        self.sso_sessions: dict[str, Section] = {}
+        self.credentials: dict[str, Section] = dict(credentials.sections) if credentials else {}
+        self.credentials_file = credentials
+        for name, section in (config.sections if config else {}).items():
+            kind, _, rest = name.partition(" ")
+            if name == "default":
+                self.profiles["default"] = section
+            elif kind == "profile" and rest.strip():
+                self.profiles[rest.strip()] = section
+            elif kind == "sso-session" and rest.strip():
+                self.sso_sessions[rest.strip()] = section
+
+    def where(self, section: Section, key: str | None = None) -> str:
+        assert self.config is not None
+        return self.config.where(section, key)
+
+    def names(self) -> list[str]:
+        return sorted(set(self.profiles) | set(self.credentials))
+
+
+def _static_keys(name: str, section: Section) -> StaticKeysProfile | None:
+    values = section.values
+    if "aws_access_key_id" not in values or "aws_secret_access_key" not in values:
+        return None
+    token = values.get("aws_session_token")
+    return StaticKeysProfile(
+        name=name,
+        access_key_id=values["aws_access_key_id"],
+        secret_access_key=Secret(values["aws_secret_access_key"]),
+        session_token=Secret(token) if token else None,
+        region=values.get("region") or None,
+    )
+
+
+class _Builder:
+    """Turns the parsed files into specs, collecting what cannot be served."""
+
+    def __init__(self, aws: _AwsConfig) -> None:
+        self.aws = aws
+        self.sessions: dict[str, SsoSessionSpec] = {}
+        self.profiles: dict[str, ServedProfile] = {}
+        self.sources: dict[str, StaticKeysProfile] = {}
+        self.unserved: dict[str, str] = {}
+
+    def build(self) -> None:
+        for name in self.aws.names():
+            self._classify(name)
+        self._drop_broken_chains()
+
+    def _session_for(self, name: str, section: Section) -> str:
+        values = section.values
+        session_name = values.get("sso_session")
+        if session_name:
+            spec = self._named_session(session_name, section, name)
+            for key, value in (("sso_start_url", spec.start_url), ("sso_region", spec.region)):
+                if key in values and values[key] != value:
+                    raise ConfigError(
+                        f"{self.aws.where(section, key)}: {key} in [profile {name}] differs "
+                        f"from [sso-session {session_name}]"
+                    )
+            return spec.name
+        start_url, region = values.get("sso_start_url"), values.get("sso_region")
+        if not start_url or not region:
+            missing = "sso_start_url" if not start_url else "sso_region"
+            raise _Unservable(f"{missing} is missing (or name an sso_session)")
+        if start_url not in self.sessions:
+            self.sessions[start_url] = SsoSessionSpec(
+                name=start_url,
+                start_url=start_url,
+                region=region,
+                registration_scopes=(),
+                legacy=True,
+                endpoint_profile=name,
+            )
+        return start_url
+
+    def _named_session(self, session_name: str, section: Section, profile: str) -> SsoSessionSpec:
+        if session_name in self.sessions:
+            return self.sessions[session_name]
+        session = self.aws.sso_sessions.get(session_name)
+        if session is None:
+            raise ConfigError(
+                f"{self.aws.where(section, 'sso_session')}: sso_session: "
+                f"[sso-session {session_name}] is not defined"
+            )
+        values = session.values
+        for key in ("sso_start_url", "sso_region"):
+            if not values.get(key):
+                raise ConfigError(
+                    f"{self.aws.where(session)}: {key}: missing in [sso-session {session_name}]"
+                )
+        scopes = tuple(
+            s.strip() for s in values.get("sso_registration_scopes", "").split(",") if s.strip()
+        )
+        spec = SsoSessionSpec(
+            name=session_name,
+            start_url=values["sso_start_url"],
+            region=values["sso_region"],
+            registration_scopes=scopes or DEFAULT_SCOPES,
+            legacy=False,
+            endpoint_profile=profile,
+        )
+        self.sessions[session_name] = spec
+        return spec
+
+    def _classify(self, name: str) -> None:
+        section = self.aws.profiles.get(name)
+        creds_section = self.aws.credentials.get(name)
+        try:
+            if section is not None:
+                served = self._served(name, section)
+                if served is not None:
+                    self.profiles[name] = served
+                    return
+            for candidate in (creds_section, section):
+                keys = _static_keys(name, candidate) if candidate else None
+                if keys is not None:
+                    self.sources[name] = keys
+                    self.unserved[name] = "static keys serve themselves"
+                    return
+            values = section.values if section else {}
+            if "credential_process" in values:
+                self.unserved[name] = "credential_process profiles serve themselves"
+            elif "login_session" in values:
+                self.unserved[name] = "login_session (AWS Sign-In) is not supported by this version"
+            elif section is not None and name != "default":
+                self.unserved[name] = "no credential source credd can serve"
+        except _Unservable as exc:
+            self.unserved[name] = str(exc)
+
+    def _served(self, name: str, section: Section) -> ServedProfile | None:
+        values = section.values
+        if "role_arn" in values:
+            return self._assume_role(name, section)
+        if "sso_account_id" in values or "sso_role_name" in values:
+            for key in ("sso_account_id", "sso_role_name"):
+                if not values.get(key):
+                    raise _Unservable(f"{key} is missing")
+            account = values["sso_account_id"]
+            if not _ACCOUNT_ID.match(account):
+                raise ConfigError(
+                    f"{self.aws.where(section, 'sso_account_id')}: sso_account_id: "
+                    f"expected 12 digits, found {account!r}"
+                )
+            return SsoRoleProfile(
+                name=name,
+                session=self._session_for(name, section),
+                account_id=account,
+                role_name=values["sso_role_name"],
+                region=values.get("region") or None,
+            )
+        return None
+
+    def _assume_role(self, name: str, section: Section) -> AssumeRoleProfile:
+        values = section.values
+        role_arn = values["role_arn"]
+        if not _ROLE_ARN.match(role_arn):
+            raise ConfigError(
+                f"{self.aws.where(section, 'role_arn')}: role_arn: not a role ARN: {role_arn!r}"
+            )
+        if "credential_source" in values:
+            raise _Unservable("credential_source is not supported; use source_profile")
+        if "web_identity_token_file" in values:
+            raise _Unservable("web identity profiles serve themselves")
+        if "mfa_serial" in values:
+            raise _Unservable("roles that need an MFA code cannot be renewed unattended")
+        source = values.get("source_profile")
+        if not source:
+            raise _Unservable("role_arn without source_profile")
+        session_name = values.get("role_session_name") or None
+        if session_name is not None and not _SESSION_NAME.match(session_name):
+            raise ConfigError(
+                f"{self.aws.where(section, 'role_session_name')}: role_session_name: "
+                r"2 to 64 characters of [\w+=,.@-] expected"
+            )
+        duration: int | None = None
+        if "duration_seconds" in values:
+            text = values["duration_seconds"]
+            if not text.isdigit() or not 900 <= int(text) <= 43200:
+                raise ConfigError(
+                    f"{self.aws.where(section, 'duration_seconds')}: duration_seconds: "
+                    f"expected a whole number from 900 to 43200, found {text!r}"
+                )
+            duration = int(text)
+        return AssumeRoleProfile(
+            name=name,
+            source_profile=source,
+            role_arn=role_arn,
+            role_session_name=session_name,
+            duration_seconds=duration,
+            external_id=values.get("external_id") or None,
+            region=values.get("region") or None,
+        )
+
+    def _drop_broken_chains(self) -> None:
+        """Unserve role profiles whose source chain does not end in a usable source."""
+        changed = True
+        while changed:
+            changed = False
+            for name, profile in list(self.profiles.items()):
+                if not isinstance(profile, AssumeRoleProfile):
+                    continue
+                reason = self._chain_problem(profile)
+                if reason:
+                    del self.profiles[name]
+                    self.unserved[name] = reason
+                    changed = True
+
+    def _chain_problem(self, profile: AssumeRoleProfile) -> str | None:
+        seen = {profile.name}
+        current: str = profile.source_profile
+        while True:
+            if current in seen:
+                return f"source_profile chain loops back to {current!r}"
+            seen.add(current)
+            if current in self.sources:
+                return None
+            target = self.profiles.get(current)
+            if target is None:
+                why = self.unserved.get(current, "it is not defined")
+                return f"source_profile {current!r} cannot be used: {why}"
+            if isinstance(target, SsoRoleProfile):
+                return None
+            current = target.source_profile
+
+
+class _Unservable(Exception):
+    """A well-formed profile credd cannot serve: reported, not fatal."""
+
+
+def load_settings(paths: Paths) -> Settings:
+    """Read both configuration files; raises :class:`ConfigError` on malformed input."""
+    credd = _read_credd_toml(paths)
+    aws = _AwsConfig(read_ini(paths.aws_config_file), read_ini(paths.aws_credentials_file))
+    builder = _Builder(aws)
+    builder.build()
+    unserved = dict(builder.unserved)
+    for name, reason in credd.unserved.items():
+        unserved.setdefault(name, reason)
+    for name in sorted(credd.refresh.prefetch):
+        if name not in builder.profiles:
+            raise credd.refresh_table.error("prefetch", f"{name!r} is not a profile credd serves")
+    return Settings(
+        paths=paths,
+        server=credd.server,
+        refresh=credd.refresh,
+        log=credd.log,
+        sessions=builder.sessions,
+        profiles=builder.profiles,
+        sources=builder.sources,
+        unserved=unserved,
+    )

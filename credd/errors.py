@@ -1,0 +1,81 @@
+"""The errors credd raises, and what each one tells the user to do.
+
+Core code raises these (``raise ... from exc``); only ``cli.py`` prints them
+and picks exit codes, and ``server.py`` turns them into HTTP error bodies.
+"""
+
+from __future__ import annotations
+
+
+class CreddError(Exception):
+    """Anything credd can explain in one line."""
+
+    #: the short machine-readable code used in HTTP error bodies
+    code = "CreddError"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: what to run or change, if anything
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(CreddError):
+    """A configuration file is malformed or names something impossible."""
+
+    code = "ConfigError"
+
+
+class LoginRequired(CreddError):
+    """The session holds no usable token: only a new login brings it back."""
+
+    code = "LoginRequired"
+
+    def __init__(self, session: str, reason: str) -> None:
+        super().__init__(
+            f"session {session!r} needs a new login: {reason}",
+            hint=f"run: credd login {session}",
+        )
+        self.session = session
+        self.reason = reason
+
+
+class UpstreamError(CreddError):
+    """AWS (or whatever stands in for it) failed or could not be reached."""
+
+    code = "UpstreamError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        aws_code: str | None = None,
+        transient: bool = True,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        #: the AWS error code, verbatim, when AWS answered with one
+        self.aws_code = aws_code
+        #: whether trying again later may help
+        self.transient = transient
+
+
+class LoginError(CreddError):
+    """An interactive login failed (denied, expired, timed out)."""
+
+    code = "LoginError"
+
+
+class NotServed(CreddError):
+    """The name is not a profile or session credd serves."""
+
+    code = "NotFound"
+
+
+class DaemonUnavailable(CreddError):
+    """The client commands could not reach a running daemon."""
+
+    code = "DaemonUnavailable"

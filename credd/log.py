@@ -1,0 +1,81 @@
+"""structlog setup and the processor that keeps secrets out of every log line.
+
+A console renderer on a terminal, JSON otherwise (journald, files, pipes).
+Secrets travel as :class:`credd.secret.Secret`, which never renders itself;
+the redaction processor is the second line: any key that names a secret is
+replaced whatever its value. botocore's and aiohttp's own loggers stay at
+WARNING even under ``--debug``: at DEBUG botocore logs request bodies, tokens
+included.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from credd.secret import REDACTED, Secret
+
+SECRET_KEYS = frozenset(
+    {
+        "accesstoken",
+        "access_token",
+        "refreshtoken",
+        "refresh_token",
+        "clientsecret",
+        "client_secret",
+        "secretaccesskey",
+        "secret_access_key",
+        "sessiontoken",
+        "session_token",
+        "token",
+        "authorization",
+        "password",
+        "code_verifier",
+        "codeverifier",
+        "devicecode",
+        "device_code",
+    }
+)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def redact_secrets(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if key.lower() in SECRET_KEYS or isinstance(value, Secret):
+            event[key] = REDACTED
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)

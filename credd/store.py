@@ -1,0 +1,394 @@
+"""The on-disk caches credd shares with the AWS CLI and SDKs.
+
+Files are written the way botocore's ``JSONFileCache`` writes them (protocols.md
+6): a temporary file in the same directory with mode 0600, ``fsync``, then an
+atomic ``os.replace``, so a concurrent reader never sees half a file. Writers
+(credd's daemon and its CLI) take a cross-process ``flock`` on a lock file kept
+*outside* the AWS directories (``aws sso logout`` parses every file in
+``~/.aws/sso/cache``). Reads are lenient about the timestamp forms other tools
+write, and a file that cannot be parsed is never silently overwritten: a copy
+goes to credd's state directory first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from credd.errors import CreddError
+from credd.secret import Secret
+
+_LOCK_POLL_SECONDS = 0.02
+
+
+class CacheCorrupt(CreddError):
+    """A cache file exists but is not something credd can read."""
+
+    code = "CacheCorrupt"
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"cache file {path} cannot be read: {problem}")
+        self.path = path
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Read the UTC timestamps botocore (``Z``), JS (``.000Z``) and Go (``+00:00``) write."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a timestamp string, found {type(value).__name__}")
+    parsed = datetime.fromisoformat(value.strip())
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_timestamp(when: datetime) -> str:
+    """The one form every reader accepts: ``YYYY-MM-DDTHH:MM:SSZ`` (protocols.md 6.1, 8.3)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sha1_name(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+# --------------------------------------------------------------------------- files
+
+
+class JsonCacheDir:
+    """One directory of ``<name>.json`` files, with atomic writes and cross-process locks."""
+
+    def __init__(self, directory: Path, lock_dir: Path, quarantine_dir: Path) -> None:
+        self.directory = directory
+        self._lock_dir = lock_dir
+        self._quarantine_dir = quarantine_dir
+        self._local_locks: dict[str, anyio.Lock] = {}
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """The parsed object, ``None`` when absent; :class:`CacheCorrupt` when unreadable."""
+        path = self.path(name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheCorrupt(path, exc.strerror or str(exc)) from exc
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CacheCorrupt(path, "not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise CacheCorrupt(path, "not a JSON object")
+        return data
+
+    def mtime(self, name: str) -> float | None:
+        try:
+            return self.path(name).stat().st_mtime
+        except OSError:
+            return None
+
+    def write(self, name: str, data: Mapping[str, Any]) -> None:
+        """Atomically replace ``name`` (mode 0600), keeping a copy of an unreadable original."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._quarantine_if_corrupt(name)
+        payload = json.dumps(data, indent=None).encode("utf-8")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path(name))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(self.directory)
+
+    def delete(self, name: str) -> bool:
+        try:
+            self.path(name).unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_directory(self.directory)
+        return True
+
+    def _quarantine_if_corrupt(self, name: str) -> None:
+        try:
+            self.read(name)
+        except CacheCorrupt:
+            path = self.path(name)
+            self._quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            with contextlib.suppress(OSError):
+                target = self._quarantine_dir / f"{path.name}.{stamp}.unreadable"
+                target.write_bytes(path.read_bytes())
+                target.chmod(0o600)
+
+    @contextlib.asynccontextmanager
+    async def lock(
+        self, name: str, *, on_wait: Callable[[], None] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold the cross-process lock for ``name`` (polls ``flock``, so it stays cancellable).
+
+        ``on_wait`` is called once if somebody else holds it.
+        """
+        local = self._local_locks.setdefault(name, anyio.Lock())
+        if local.locked() and on_wait is not None:
+            on_wait()
+            on_wait = None
+        async with local:
+            self._lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self._lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                # flock has no async form; polling keeps the wait cancellable.
+                while not _try_flock(fd):
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    await anyio.sleep(_LOCK_POLL_SECONDS)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- SSO tokens
+
+
+_TOKEN_FIELDS = frozenset(
+    {
+        "startUrl",
+        "region",
+        "accessToken",
+        "expiresAt",
+        "clientId",
+        "clientSecret",
+        "registrationExpiresAt",
+        "refreshToken",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SsoToken:
+    """One ``~/.aws/sso/cache/<sha1>.json`` entry (protocols.md 6.1)."""
+
+    access_token: Secret
+    expires_at: datetime
+    start_url: str | None = None
+    region: str | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    registration_expires_at: datetime | None = None
+    refresh_token: Secret | None = None
+    #: fields other tools wrote that credd does not know; written back untouched
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def can_refresh(self, now: datetime) -> bool:
+        return bool(
+            self.refresh_token
+            and self.client_id
+            and self.client_secret
+            and (self.registration_expires_at is None or self.registration_expires_at > now)
+        )
+
+    def with_access_token(
+        self, access_token: Secret, expires_at: datetime, refresh_token: Secret | None
+    ) -> SsoToken:
+        return replace(
+            self,
+            access_token=access_token,
+            expires_at=expires_at,
+            refresh_token=refresh_token or self.refresh_token,
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: Path) -> SsoToken:
+        try:
+            access_token = data["accessToken"]
+            if not isinstance(access_token, str) or not access_token:
+                raise ValueError("accessToken is not a string")
+            return cls(
+                access_token=Secret(access_token),
+                expires_at=parse_timestamp(data["expiresAt"]),
+                start_url=_opt_str(data, "startUrl"),
+                region=_opt_str(data, "region"),
+                client_id=_opt_str(data, "clientId"),
+                client_secret=_opt_secret(data, "clientSecret"),
+                registration_expires_at=(
+                    parse_timestamp(data["registrationExpiresAt"])
+                    if data.get("registrationExpiresAt")
+                    else None
+                ),
+                refresh_token=_opt_secret(data, "refreshToken"),
+                extra={k: v for k, v in data.items() if k not in _TOKEN_FIELDS},
+            )
+        except KeyError as exc:
+            raise CacheCorrupt(path, f"{exc.args[0]} is missing") from exc
+        except (ValueError, TypeError) as exc:
+            raise CacheCorrupt(path, str(exc)) from exc
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        if self.start_url is not None:
+            out["startUrl"] = self.start_url
+        if self.region is not None:
+            out["region"] = self.region
+        out["accessToken"] = self.access_token.reveal()
+        out["expiresAt"] = format_timestamp(self.expires_at)
+        if self.client_id is not None:
+            out["clientId"] = self.client_id
+        if self.client_secret is not None:
+            out["clientSecret"] = self.client_secret.reveal()
+        if self.registration_expires_at is not None:
+            out["registrationExpiresAt"] = format_timestamp(self.registration_expires_at)
+        if self.refresh_token is not None:
+            out["refreshToken"] = self.refresh_token.reveal()
+        return out
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{key} is not a string")
+    return value
+
+
+def _opt_secret(data: Mapping[str, Any], key: str) -> Secret | None:
+    value = _opt_str(data, key)
+    return Secret(value) if value else None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """An OIDC client registration, cached as the AWS CLI caches it (protocols.md 6.1)."""
+
+    client_id: str
+    client_secret: Secret
+    expires_at: datetime
+    scopes: tuple[str, ...] | None
+    grant_types: tuple[str, ...] | None
+
+    @property
+    def for_auth_code(self) -> bool:
+        return bool(self.grant_types and "authorization_code" in self.grant_types)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "clientId": self.client_id,
+            "clientSecret": self.client_secret.reveal(),
+            "expiresAt": format_timestamp(self.expires_at),
+        }
+        if self.scopes is not None:
+            out["scopes"] = list(self.scopes)
+        if self.grant_types is not None:
+            out["grantTypes"] = list(self.grant_types)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: Path) -> Registration:
+        try:
+            secret = data["clientSecret"]
+            client_id = data["clientId"]
+            if not isinstance(secret, str) or not isinstance(client_id, str):
+                raise ValueError("clientId and clientSecret must be strings")
+            scopes, grants = data.get("scopes"), data.get("grantTypes")
+            return cls(
+                client_id=client_id,
+                client_secret=Secret(secret),
+                expires_at=parse_timestamp(data["expiresAt"]),
+                scopes=tuple(map(str, scopes)) if isinstance(scopes, list) else None,
+                grant_types=tuple(map(str, grants)) if isinstance(grants, list) else None,
+            )
+        except KeyError as exc:
+            raise CacheCorrupt(path, f"{exc.args[0]} is missing") from exc
+        except (ValueError, TypeError) as exc:
+            raise CacheCorrupt(path, str(exc)) from exc
+
+
+def registration_cache_name(
+    start_url: str, region: str, scopes: tuple[str, ...] | None, session_name: str | None
+) -> str:
+    """The AWS CLI v2's registration cache key (``BaseSSOTokenFetcher._registration_cache_key``)."""
+    args = {
+        "tool": "botocore",
+        "startUrl": start_url,
+        "region": region,
+        "scopes": list(scopes) if scopes else None,
+        "session_name": session_name,
+    }
+    return sha1_name(json.dumps(args, sort_keys=True))
+
+
+class SsoCache:
+    """Typed access to ``~/.aws/sso/cache``: tokens by session, registrations by key."""
+
+    def __init__(self, files: JsonCacheDir) -> None:
+        self.files = files
+
+    @staticmethod
+    def token_name(cache_key: str) -> str:
+        return sha1_name(cache_key)
+
+    def load_token(self, cache_key: str) -> SsoToken | None:
+        name = self.token_name(cache_key)
+        data = self.files.read(name)
+        return None if data is None else SsoToken.from_json(data, self.files.path(name))
+
+    def save_token(self, cache_key: str, token: SsoToken) -> None:
+        self.files.write(self.token_name(cache_key), token.to_json())
+
+    def delete_token(self, cache_key: str) -> bool:
+        return self.files.delete(self.token_name(cache_key))
+
+    def token_mtime(self, cache_key: str) -> float | None:
+        return self.files.mtime(self.token_name(cache_key))
+
+    def lock(self, cache_key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.files.lock(self.token_name(cache_key))
+
+    def load_registration(self, name: str) -> Registration | None:
+        try:
+            data = self.files.read(name)
+            return None if data is None else Registration.from_json(data, self.files.path(name))
+        except CacheCorrupt:
+            return None  # a registration is cheap to make again
+
+    def save_registration(self, name: str, registration: Registration) -> None:
+        self.files.write(name, registration.to_json())
