@@ -10,7 +10,7 @@ profile the client is made for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,29 @@ class AwsClients:
             async with self._session(profile).create_client(
                 service, region_name=region, config=config, **signing
             ) as client:
-                yield client
+                yield _Translating(client, service)
         except (ClientError, BotoCoreError) as exc:
             raise upstream_error(exc, service) from exc
+
+
+class _Translating:
+    """A client whose operations raise :class:`UpstreamError` instead of botocore's errors."""
+
+    def __init__(self, client: Any, service: str) -> None:
+        self._client = client
+        self._service = service
+        self.meta = client.meta
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        operation = getattr(self._client, name)
+
+        async def call(**kwargs: Any) -> Any:
+            try:
+                return await operation(**kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                raise upstream_error(exc, self._service) from exc
+
+        return call
 
 
 def error_code(exc: ClientError) -> str:

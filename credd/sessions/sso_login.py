@@ -162,7 +162,8 @@ class SsoLogin:
                 clientSecret=registration.client_secret.reveal(),
                 startUrl=self._spec.start_url,
             )
-            interval = int(start.get("interval") or 5)  # RFC 8628 section 3.2 default
+            given = start.get("interval")
+            interval = 5 if given is None else int(given)  # RFC 8628 section 3.2 default
             deadline = self._clock.now() + timedelta(seconds=int(start["expiresIn"]))
             grant = {
                 "clientId": registration.client_id,
