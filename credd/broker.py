@@ -27,14 +27,22 @@ from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
 from credd.config import (
     AssumeRoleProfile,
+    ProcessProfile,
     RefreshSettings,
     ServedProfile,
+    SigningSource,
     SsoRoleProfile,
     StaticKeysProfile,
 )
 from credd.errors import CreddError, LoginRequired, NotServed, UpstreamError
 from credd.flight import SingleFlight
-from credd.profiles import AssumeRoleFetcher, Fetcher, RoleCredentials, SsoRoleFetcher
+from credd.profiles import (
+    AssumeRoleFetcher,
+    Fetcher,
+    RoleCredentials,
+    SsoRoleFetcher,
+    process_keys,
+)
 from credd.schedule import renewal_time, retry_time
 from credd.sessions import SessionStatus
 from credd.sessions.identity_center import IdentityCenterSession
@@ -106,7 +114,7 @@ class Broker:
         *,
         sessions: Mapping[str, IdentityCenterSession],
         profiles: Mapping[str, ServedProfile],
-        sources: Mapping[str, StaticKeysProfile],
+        sources: Mapping[str, SigningSource],
         clients: AwsClients,
         clock: Clock,
         task_group: TaskGroup,
@@ -149,10 +157,12 @@ class Broker:
         static = self._sources.get(source)
 
         async def source_keys() -> SigningKeys:
-            if static is not None:
+            if isinstance(static, StaticKeysProfile):
                 return SigningKeys(
                     static.access_key_id, static.secret_access_key, static.session_token
                 )
+            if isinstance(static, ProcessProfile):
+                return await process_keys(static)
             return (await self.credentials(source, wait=None)).signing_keys()
 
         return AssumeRoleFetcher(spec, source_keys, clients=self._clients, clock=self._clock)

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from credd.errors import ConfigError
 from credd.ini import IniFile, Section, read_ini
-from credd.paths import Paths
+from credd.paths import Paths, expand_path
 from credd.secret import Secret
 
 DEFAULT_LISTEN: Final = "127.0.0.1:9911"
@@ -33,8 +33,9 @@ DEFAULT_CREDENTIALS_MARGIN: Final = 1200.0
 DEFAULT_IDLE_TIMEOUT: Final = 7200.0
 
 _ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
-_SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
-_ACCOUNT_ID = re.compile(r"^\d{12}$")
+_SESSION_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+_WHOLE_NUMBER = re.compile(r"^[0-9]+$")
 
 
 # --------------------------------------------------------------------------- model
@@ -97,8 +98,18 @@ class StaticKeysProfile:
     region: str | None
 
 
+@dataclass(frozen=True)
+class ProcessProfile:
+    """A ``credential_process`` profile: a source, never served."""
+
+    name: str
+    command: str
+    region: str | None
+
+
 ServedProfile = SsoRoleProfile | AssumeRoleProfile
-SourceProfile = SsoRoleProfile | AssumeRoleProfile | StaticKeysProfile
+#: what signs an AssumeRole without being served itself
+SigningSource = StaticKeysProfile | ProcessProfile
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ class Settings:
     #: every profile credd serves, by name
     profiles: Mapping[str, ServedProfile]
     #: profiles that may sign or source a call but are not served themselves
-    sources: Mapping[str, StaticKeysProfile]
+    sources: Mapping[str, SigningSource]
     #: profiles credd cannot serve, with the reason
     unserved: Mapping[str, str]
 
@@ -191,6 +202,8 @@ class _TomlReader:
 
     def error(self, key: str | None, problem: str) -> ConfigError:
         line = _toml_line(self.text, self.table, key)
+        if line is None and key is not None:  # a whole table: point at its header
+            line = _toml_line(self.text, (*self.table, key), None)
         where = f"{self.path}:{line}" if line else str(self.path)
         dotted = ".".join((*self.table, key) if key else self.table)
         return ConfigError(f"{where}: {dotted}: {problem}")
@@ -228,7 +241,7 @@ def _parse_listen(reader: _TomlReader) -> tuple[str, int]:
     listen: str = reader.get("listen", str, DEFAULT_LISTEN)
     host, sep, port_text = listen.rpartition(":")
     host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not _WHOLE_NUMBER.match(port_text) or not 0 <= int(port_text) <= 65535:
         raise reader.error("listen", f"expected HOST:PORT, found {listen!r}")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -249,8 +262,9 @@ class _CreddToml:
     refresh: RefreshSettings
     log: LogSettings
     unserved: Mapping[str, str]
-    #: for errors found after reading (a prefetch naming no served profile)
+    #: for errors found after reading (a prefetch naming no served profile, a name clash)
     refresh_table: _TomlReader
+    profiles_table: _TomlReader
 
 
 def _read_credd_toml(paths: Paths) -> _CreddToml:
@@ -270,7 +284,7 @@ def _read_credd_toml(paths: Paths) -> _CreddToml:
     server = _TomlReader(path, text, ("server",), top.get("server", dict, {}))
     host, port = _parse_listen(server)
     token_file_text: str | None = server.get("token_file", str)
-    token_file = Path(token_file_text).expanduser() if token_file_text else None
+    token_file = expand_path(token_file_text, paths.home) if token_file_text else None
     server.reject_unknown()
 
     refresh = _TomlReader(path, text, ("refresh",), top.get("refresh", dict, {}))
@@ -311,6 +325,7 @@ def _read_credd_toml(paths: Paths) -> _CreddToml:
         log=LogSettings(level=level, format=fmt),
         unserved=unserved,
         refresh_table=refresh,
+        profiles_table=profiles,
     )
 
 
@@ -364,7 +379,7 @@ class _Builder:
         self.aws = aws
         self.sessions: dict[str, SsoSessionSpec] = {}
         self.profiles: dict[str, ServedProfile] = {}
-        self.sources: dict[str, StaticKeysProfile] = {}
+        self.sources: dict[str, SigningSource] = {}
         self.unserved: dict[str, str] = {}
 
     def build(self) -> None:
@@ -445,6 +460,9 @@ class _Builder:
                     return
             values = section.values if section else {}
             if "credential_process" in values:
+                self.sources[name] = ProcessProfile(
+                    name, values["credential_process"], values.get("region") or None
+                )
                 self.unserved[name] = "credential_process profiles serve themselves"
             elif "login_session" in values:
                 self.unserved[name] = "login_session (AWS Sign-In) is not supported by this version"
@@ -501,7 +519,7 @@ class _Builder:
         duration: int | None = None
         if "duration_seconds" in values:
             text = values["duration_seconds"]
-            if not text.isdigit() or not 900 <= int(text) <= 43200:
+            if not _WHOLE_NUMBER.match(text) or not 900 <= int(text) <= 43200:
                 raise ConfigError(
                     f"{self.aws.where(section, 'duration_seconds')}: duration_seconds: "
                     f"expected a whole number from 900 to 43200, found {text!r}"
@@ -561,7 +579,11 @@ def load_settings(paths: Paths) -> Settings:
     builder.build()
     unserved = dict(builder.unserved)
     for name, reason in credd.unserved.items():
-        unserved.setdefault(name, reason)
+        if name in builder.profiles or name in builder.sources:
+            raise credd.profiles_table.error(
+                name, f"{name!r} is also a profile in {paths.aws_config_file}; pick another name"
+            )
+        unserved[name] = reason
     for name in sorted(credd.refresh.prefetch):
         if name not in builder.profiles:
             raise credd.refresh_table.error("prefetch", f"{name!r} is not a profile credd serves")

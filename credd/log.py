@@ -19,26 +19,18 @@ import structlog
 
 from credd.secret import REDACTED, Secret
 
-SECRET_KEYS = frozenset(
-    {
-        "accesstoken",
-        "access_token",
-        "refreshtoken",
-        "refresh_token",
-        "clientsecret",
-        "client_secret",
-        "secretaccesskey",
-        "secret_access_key",
-        "sessiontoken",
-        "session_token",
-        "token",
-        "authorization",
-        "password",
-        "code_verifier",
-        "codeverifier",
-        "devicecode",
-        "device_code",
-    }
+#: a key is secret-bearing when, lower-cased without ``_`` and ``-``, it ends so
+SECRET_KEY_ENDINGS = (
+    "token",
+    "secret",
+    "secretaccesskey",
+    "password",
+    "verifier",
+    "devicecode",
+    "authorization",
+    "dpopkey",
+    "privatekey",
+    "assertion",
 )
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
@@ -48,7 +40,8 @@ def redact_secrets(
     _logger: object, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if key.lower() in SECRET_KEYS or isinstance(value, Secret):
+        folded = key.lower().replace("_", "").replace("-", "")
+        if folded.endswith(SECRET_KEY_ENDINGS) or isinstance(value, Secret):
             event[key] = REDACTED
     return event
 

@@ -38,7 +38,8 @@ class Paths:
         return self.runtime_dir / "locks"
 
 
-def _expand(value: str, home: Path) -> Path:
+def expand_path(value: str, home: Path) -> Path:
+    """``~`` against ``home`` (the resolved one, not the process's), then ``$VARS``."""
     if value == "~" or value.startswith("~/"):
         value = str(home) + value[1:]
     return Path(os.path.expandvars(value))
@@ -47,25 +48,27 @@ def _expand(value: str, home: Path) -> Path:
 def resolve_paths(env: Mapping[str, str], *, config_file: str | None = None) -> Paths:
     """Resolve every location from ``env`` (normally ``os.environ``)."""
     home = Path(env.get("HOME") or Path.home())
-    config_home = _expand(env["XDG_CONFIG_HOME"], home) if env.get("XDG_CONFIG_HOME") else None
-    state_home = _expand(env["XDG_STATE_HOME"], home) if env.get("XDG_STATE_HOME") else None
+    config_home = expand_path(env["XDG_CONFIG_HOME"], home) if env.get("XDG_CONFIG_HOME") else None
+    state_home = expand_path(env["XDG_STATE_HOME"], home) if env.get("XDG_STATE_HOME") else None
     runtime = env.get("XDG_RUNTIME_DIR")
 
     state_dir = (state_home or home / ".local" / "state") / "credd"
     credd_config = config_file or env.get("CREDD_CONFIG")
     return Paths(
         home=home,
-        aws_config_file=_expand(env.get("AWS_CONFIG_FILE") or "~/.aws/config", home),
-        aws_credentials_file=_expand(
+        aws_config_file=expand_path(env.get("AWS_CONFIG_FILE") or "~/.aws/config", home),
+        aws_credentials_file=expand_path(
             env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials", home
         ),
         sso_cache_dir=home / ".aws" / "sso" / "cache",
-        login_cache_dir=_expand(env.get("AWS_LOGIN_CACHE_DIRECTORY") or "~/.aws/login/cache", home),
+        login_cache_dir=expand_path(
+            env.get("AWS_LOGIN_CACHE_DIRECTORY") or "~/.aws/login/cache", home
+        ),
         credd_config_file=(
-            _expand(credd_config, home)
+            expand_path(credd_config, home)
             if credd_config
             else (config_home or home / ".config") / "credd" / "config.toml"
         ),
-        runtime_dir=_expand(runtime, home) / "credd" if runtime else state_dir,
+        runtime_dir=expand_path(runtime, home) / "credd" if runtime else state_dir,
         state_dir=state_dir,
     )

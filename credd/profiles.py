@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Protocol
 
+import anyio
+
 from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import AssumeRoleProfile, SsoRoleProfile
+from credd.config import AssumeRoleProfile, ProcessProfile, SsoRoleProfile
 from credd.errors import LoginRequired, UpstreamError
 from credd.secret import Secret
 from credd.sessions.identity_center import IdentityCenterSession
@@ -61,6 +64,35 @@ class RoleCredentials:
             f"RoleCredentials(access_key_id={self.access_key_id!r}, "
             f"expiration={format_timestamp(self.expiration)}, account_id={self.account_id!r})"
         )
+
+
+#: how long a credential_process may take
+PROCESS_TIMEOUT_SECONDS = 60.0
+
+
+async def process_keys(profile: ProcessProfile) -> SigningKeys:
+    """Run a ``credential_process`` and read its ``Version`` 1 answer."""
+    try:
+        with anyio.fail_after(PROCESS_TIMEOUT_SECONDS):
+            done = await anyio.run_process(shlex.split(profile.command), check=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UpstreamError(f"credential_process of profile {profile.name} failed: {exc}") from exc
+    if done.returncode != 0:
+        raise UpstreamError(
+            f"credential_process of profile {profile.name} exited with {done.returncode}"
+        )
+    try:
+        answer = json.loads(done.stdout)
+        token = answer.get("SessionToken")
+        return SigningKeys(
+            str(answer["AccessKeyId"]),
+            Secret(str(answer["SecretAccessKey"])),
+            Secret(str(token)) if token else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamError(
+            f"credential_process of profile {profile.name} printed no usable credentials"
+        ) from exc
 
 
 class Fetcher(Protocol):

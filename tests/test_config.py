@@ -16,6 +16,7 @@ from credd.config import (
     Settings,
     SsoRoleProfile,
     SsoSessionSpec,
+    StaticKeysProfile,
     load_settings,
 )
 from credd.errors import ConfigError
@@ -264,6 +265,7 @@ def test_static_keys_in_credentials_file_are_a_source_not_served(home: Home) -> 
     assert "static" not in settings.profiles
     assert "static keys" in settings.unserved["static"]
     source = settings.sources["static"]
+    assert isinstance(source, StaticKeysProfile)
     assert source.access_key_id == "AKIAIOSFODNN7EXAMPLE"
     assert source.secret_access_key == Secret("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     assert source.session_token == Secret("FwoGZXIvYXdzEXAMPLESESSION")
@@ -284,7 +286,9 @@ def test_static_keys_in_the_config_file_are_a_source_too(home: Home) -> None:
         """
     )
     settings = home.settings()
-    assert settings.sources["default"].session_token is None
+    source = settings.sources["default"]
+    assert isinstance(source, StaticKeysProfile)
+    assert source.session_token is None
     assert "static keys" in settings.unserved["default"]
 
 
@@ -302,12 +306,6 @@ credential_process = /usr/bin/get-creds --profile x
     assert "dev" in settings.profiles
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="interface.md: credential_process profiles 'may be a source_profile'; "
-    "config.py _chain_problem only accepts static-key sources, so the role is unserved",
-)
 def test_credential_process_profile_may_be_a_source_profile(home: Home) -> None:
     home.config(
         """\
@@ -499,12 +497,6 @@ def test_duration_seconds_bounds_are_accepted(home: Home, value: str) -> None:
     assert profile.duration_seconds == int(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="config.py:504 checks str.isdigit(), which is true for '²', then int() raises "
-    "ValueError: a ValueError, not a ConfigError, escapes load_settings",
-)
 def test_non_ascii_digits_in_duration_seconds_are_a_config_error(home: Home) -> None:
     home.config(_role("duration_seconds = 900\u00b2"))
     assert "duration_seconds" in home.error()
@@ -750,12 +742,6 @@ def test_unknown_key_names_file_line_and_dotted_key(
     assert "unknown key" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="config.py _toml_line only finds 'key =' lines: an unknown top-level table such "
-    "as [sever] is reported without a line number",
-)
 def test_unknown_table_names_file_and_line(home: Home) -> None:
     text = home.toml('[log]\nlevel = "info"\n\n[sever]\nlisten = "127.0.0.1:1"\n')
     message = home.error()
@@ -844,12 +830,6 @@ def test_profiles_table_without_type_is_an_error(home: Home) -> None:
     assert str(home.credd_config) in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="config.py:563 setdefault()s credd-TOML unserved reasons without checking the AWS "
-    "config's served profiles: a name can be both served and unserved",
-)
 def test_a_name_is_never_both_served_and_unserved(home: Home) -> None:
     home.config(CLI_CONFIG)
     home.toml('[profiles.dev]\ntype = "create-token-with-iam"\n')
@@ -865,23 +845,11 @@ def test_token_file_absolute_path(home: Home, tmp_path: Path) -> None:
     assert home.settings().server.token_file == tmp_path / "x" / "token"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="config.py:273 expands '~' in token_file with Path.expanduser(), i.e. the process's "
-    "HOME, not the HOME of the env resolve_paths() was given (paths.py's _expand)",
-)
 def test_token_file_tilde_follows_the_resolved_home(home: Home) -> None:
     home.toml('[server]\ntoken_file = "~/credd-token"\n')
     assert home.settings().server.token_file == home.root / "credd-token"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="config.py:231 checks str.isdigit() on the port, true for '¹', then int() raises "
-    "ValueError: a ValueError, not a ConfigError, escapes load_settings",
-)
 def test_non_ascii_digit_port_is_a_config_error(home: Home) -> None:
     home.toml('[server]\nlisten = "127.0.0.1:\u00b9"\n')
     assert "server.listen" in home.error()
