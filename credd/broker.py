@@ -44,7 +44,7 @@ from credd.profiles import (
     process_keys,
 )
 from credd.schedule import renewal_time, retry_time
-from credd.sessions import SessionStatus
+from credd.sessions import SessionState, SessionStatus
 from credd.sessions.identity_center import IdentityCenterSession
 
 log = structlog.get_logger(__name__)
@@ -331,6 +331,10 @@ class Broker:
     def session_statuses(self) -> list[SessionStatus]:
         return [s.status() for s in self._sessions.values()]
 
+    def _session_needs_login(self, keeper: _Keeper) -> bool:
+        session = self._sessions.get(keeper.session) if keeper.session else None
+        return session is not None and session.status().state is SessionState.LOGIN_REQUIRED
+
     def _profile_status(self, keeper: _Keeper, now: datetime) -> ProfileStatus:
         spec = keeper.spec
         problem = keeper.problem
@@ -344,6 +348,9 @@ class Broker:
             action = problem.hint
         elif problem is not None:
             state = ProfileState.RETRYING
+        elif creds is None and self._session_needs_login(keeper):
+            state = ProfileState.LOGIN_REQUIRED
+            action = f"credd login {keeper.session}"
         elif creds is None:
             state = ProfileState.COLD
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -46,6 +47,15 @@ def redact_secrets(
     return event
 
 
+def readable_times(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, datetime):
+            event[key] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -60,6 +70,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
+            readable_times,
             structlog.processors.format_exc_info,
             renderer,
         ],

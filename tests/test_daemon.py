@@ -268,3 +268,70 @@ async def test_hostile_requests_get_documented_errors(
         assert {p["name"] for p in doc["profiles"]} == {"dev", "admin"}
         # the daemon is still up and answering
         assert (await get(daemon, "/healthz"))[0] == 200
+
+
+async def test_role_chained_on_a_credential_process_source(
+    home: Home, clocked: tuple[Emulator, ManualClock]
+) -> None:
+    emu, clock = clocked
+    keys = emu.create_access_key("ci", "333333333333")
+    script = home.root / "get-creds"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo \'{{"Version": 1, "AccessKeyId": "{keys.access_key_id}", '
+        f'"SecretAccessKey": "{keys.secret_access_key.reveal()}"}}\'\n'
+    )
+    script.chmod(0o700)
+    home.write_aws_config(
+        f"""\
+        [profile proc]
+        credential_process = {script}
+
+        [profile on-proc]
+        role_arn = arn:aws:iam::333333333333:role/Deploy
+        source_profile = proc
+        role_session_name = deployer
+        """
+    )
+    settings = home.settings()
+    async with running_daemon(settings, clock=clock) as daemon:
+        identity = await sdk_identity(daemon, settings, "on-proc", emu.url)
+    assert identity["Arn"] == "arn:aws:sts::333333333333:assumed-role/Deploy/deployer"
+    assert emu.calls["AssumeRole"] == 1
+
+
+async def test_prefetch_at_start_and_idle_profiles_stop_renewing(
+    home: Home, clocked: tuple[Emulator, ManualClock]
+) -> None:
+    emu, clock = clocked
+    home.write_credd_config(
+        """\
+        [server]
+        listen = "127.0.0.1:0"
+
+        [refresh]
+        prefetch = ["dev"]
+        idle_timeout_seconds = 3600
+        """
+    )
+    settings = home.settings()
+    await login(settings, clock)
+    async with running_daemon(settings, clock=clock) as daemon:
+        # prefetched without any request
+        await eventually(lambda: profile_state(daemon, "dev") == "fresh")
+        assert emu.calls["GetRoleCredentials"] == 1
+        assert profile_state(daemon, "admin") == "cold"
+
+        status, _ = await get(daemon, "/v1/credentials/admin")
+        assert status == 200
+        assert profile_state(daemon, "admin") == "fresh"
+
+        # nobody asks for admin for longer than the idle timeout: it is no longer
+        # renewed, while the prefetched dev is
+        clock.advance(3700)
+        await eventually(lambda: profile_state(daemon, "admin") in {"idle", "cold"})
+        assume_roles = emu.calls["AssumeRole"]  # renewed while in use, then no more
+        clock.advance(3700)
+        await eventually(lambda: emu.calls["GetRoleCredentials"] >= 3)
+        assert profile_state(daemon, "dev") == "fresh"
+        assert emu.calls["AssumeRole"] == assume_roles

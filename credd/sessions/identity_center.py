@@ -85,7 +85,8 @@ class IdentityCenterSession:
         self._problem: CreddError | None = None
         self._failures = 0
         self._retry_at: datetime | None = None
-        self._next_renewal: datetime | None = None
+        #: where in the jitter window this token's renewal falls, drawn once per token
+        self._jitter = draw()
         #: an access token the portal refused: renewed even if it looks valid
         self._rejected: Secret | None = None
         self._flight: SingleFlight[SsoToken] = SingleFlight(task_group, self._refresh_shielded)
@@ -123,7 +124,9 @@ class IdentityCenterSession:
             kind=self.kind,
             state=state,
             expires_at=token.expires_at if token else None,
-            next_renewal=self._next_renewal if state is not SessionState.LOGIN_REQUIRED else None,
+            next_renewal=self._planned_wake(now)
+            if state is not SessionState.LOGIN_REQUIRED
+            else None,
             last_error=last_error,
             action=action,
         )
@@ -185,6 +188,7 @@ class IdentityCenterSession:
     def _set_token(self, token: SsoToken | None, now: datetime) -> None:
         self._token = token
         self._lifetime_start = now
+        self._jitter = self._draw()
 
     def sync(self) -> None:
         """Re-read the cache now (after ``credd login`` or ``credd logout`` in another process)."""
@@ -329,7 +333,7 @@ class IdentityCenterSession:
         task_status.started()
         while True:
             now = self._clock.now()
-            wake = self._next_renewal = self._next_wake(now)
+            wake = self._next_wake(now)
             poll_until = now + timedelta(seconds=LOGIN_POLL_SECONDS)
             await self._clock.sleep_until(poll_until if wake is None else min(wake, poll_until))
             now = self._clock.now()
@@ -343,20 +347,27 @@ class IdentityCenterSession:
     def _next_wake(self, now: datetime) -> datetime | None:
         """When the loop has work to do; ``None`` while only a login can help."""
         token = self._token
+        if (
+            token is not None
+            and self._problem is None
+            and not token.can_refresh(now)
+            and token.expires_at <= now
+        ):
+            expired = LoginRequired(self.name, "the access token expired and cannot be renewed")
+            self._fail(expired, now)
+        return self._planned_wake(now)
+
+    def _planned_wake(self, now: datetime) -> datetime | None:
+        token = self._token
         if token is None or isinstance(self._problem, LoginRequired):
             return None
         if self._retry_at is not None:
             return self._retry_at
         if not token.can_refresh(now):
-            if token.expires_at > now:
-                return token.expires_at
-            self._fail(
-                LoginRequired(self.name, "the access token expired and cannot be renewed"), now
-            )
-            return None
+            return token.expires_at
         return renewal_time(
             lifetime_start=self._lifetime_start or now,
             expires_at=token.expires_at,
             margin_seconds=self._margin,
-            draw=self._draw(),
+            draw=self._jitter,
         )

@@ -35,6 +35,7 @@ region = eu-west-1
 [profile admin]
 role_arn = arn:aws:iam::222222222222:role/Admin
 source_profile = dev
+region = us-east-1
 """
 
 WHOAMI = (
@@ -73,7 +74,7 @@ async def main() -> None:
         (home / ".aws" / "config").write_text(AWS_CONFIG)
         (home / ".config" / "credd").mkdir(parents=True)
         (home / ".config" / "credd" / "config.toml").write_text(
-            '[server]\nlisten = "127.0.0.1:0"\n'
+            '[server]\nlisten = "127.0.0.1:0"\n\n[log]\nformat = "console"\n'
         )
         browser = install_shim(home / "browser")
 

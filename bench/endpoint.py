@@ -1,0 +1,990 @@
+"""How fast credd answers ``GET /v1/credentials/PROFILE``, against the aiohttp floor.
+
+Run from the repository root, with credd installed in the interpreter you use::
+
+    python bench/endpoint.py [--duration 5] [--connections 1,32,256] [--rounds 1] [--uvloop]
+
+Everything lives in a throwaway HOME (the real ``~/.aws`` is never read or
+written): the strict local AWS emulator, an AWS config with the sso-session
+``my-sso`` and the profile ``dev``, ``credd serve`` on ``127.0.0.1:0`` and a
+``credd login my-sso`` approved by the headless test browser, each one a
+subprocess. One GET then puts dev's credentials in memory.
+
+The baseline ("the framework floor") is a bare aiohttp app in its own process:
+the same route, a constant JSON body of the same size and the same token check
+(``hmac.compare_digest`` on ``Authorization``), and nothing else. Whatever
+credd costs above it is credd's own per-request work.
+
+Load comes from ``wrk`` when it is installed, else from an aiohttp client in a
+separate process (closed loop, N keep-alive connections, per-request latency).
+Both servers run alternately under the same load, at each connection count, and
+the table gives requests/s, p50 and p99 for each and the credd/floor throughput
+ratio, against the targets of issue 6. With two or more CPUs the servers are
+pinned to the first CPU and the load generator to the others (``--no-pin``).
+
+``--uvloop`` repeats the whole run with both servers on uvloop and compares.
+credd itself is never changed for that: it is started through a launcher
+(``python -c ...``, :data:`CREDD_LAUNCHER`) that sets the event loop policy
+before calling ``credd.cli.main``; ``anyio.run`` builds its loop from that
+policy. The launcher prints the class of the loop it made, so the report says
+which loop each server really ran on.
+
+``--profile`` adds one run at 32 connections with ``py-spy`` sampling credd,
+and prints where its time goes (own time per function).
+
+Figures depend on the machine; only the ratios measured in the same run mean
+anything. Nothing here is part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hmac
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+DEFAULT_CONNECTIONS = (1, 32, 256)
+#: issue 6: credd keeps at least this share of the floor's throughput at 32 connections
+TARGET_RATIO = 0.8
+TARGET_RATIO_CONNECTIONS = 32
+#: issue 6: credd's p99 latency
+TARGET_P99_MS = 2.0
+PERCENTILES = (50, 75, 90, 99)
+PROFILE = "dev"
+SESSION = "my-sso"
+START_URL = "https://d-1234567890.awsapps.com/start"
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 5.0
+
+#: as ``aws configure sso`` writes it (tests/conftest.py AWS_CONFIG, without the chain)
+AWS_CONFIG = f"""\
+[sso-session {SESSION}]
+sso_start_url = {START_URL}
+sso_region = us-east-1
+sso_registration_scopes = sso:account:access
+
+[profile {PROFILE}]
+sso_session = {SESSION}
+sso_account_id = 111111111111
+sso_role_name = ReadOnly
+region = eu-west-1
+"""
+
+CREDD_CONFIG = """\
+[server]
+listen = "127.0.0.1:0"
+"""
+
+#: ``credd serve`` with the event loop chosen from outside: argv[1] is ``asyncio`` or
+#: ``uvloop``. anyio.run (credd.cli) makes its loop through the policy set here.
+CREDD_LAUNCHER = """\
+import asyncio, sys
+if sys.argv.pop(1) == "uvloop":
+    import uvloop
+    Base = uvloop.EventLoopPolicy
+else:
+    Base = asyncio.DefaultEventLoopPolicy
+class Policy(Base):
+    def new_event_loop(self):
+        loop = super().new_event_loop()
+        kind = type(loop)
+        print(f"BENCH_LOOP={kind.__module__}.{kind.__qualname__}", flush=True)
+        return loop
+asyncio.set_event_loop_policy(Policy())
+from credd.cli import main
+main()
+"""
+
+#: variables that could point a child at real AWS state or real credentials
+_CLEARED_PREFIXES = ("AWS_", "CREDD_", "XDG_")
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+class BenchError(Exception):
+    """The benchmark could not be set up or run; the message says what failed."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    seconds: float
+    rps: float
+    #: percentile (50, 75, 90, 99) -> milliseconds
+    latency_ms: dict[int, float]
+    #: answers that were not 2xx, plus connect/read/write/timeout errors
+    failures: int
+
+    @property
+    def p50(self) -> float:
+        return self.latency_ms[50]
+
+    @property
+    def p99(self) -> float:
+        return self.latency_ms[99]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    connections: int
+    credd: LoadResult
+    floor: LoadResult
+
+    @property
+    def ratio(self) -> float:
+        return self.credd.rps / self.floor.rps if self.floor.rps else float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeResult:
+    loop: str
+    credd_loop: str
+    floor_loop: str
+    rows: list[Row]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """Every child this run started, stopped in reverse order whatever happens.
+
+    Children get a session of their own, so a Ctrl-C reaches only this process,
+    which then stops them (SIGTERM, then SIGKILL after a deadline) itself.
+    """
+
+    def __init__(self, logs: Path, server_cpus: set[int] | None) -> None:
+        self._logs = logs
+        self._server_cpus = server_cpus
+        self._running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str],
+        *,
+        cpus: set[int] | None = None,
+        capture: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv``; its stdout goes to ``logs/NAME.out`` (or a pipe), stderr to .err."""
+        out: IO[bytes] | int = (
+            subprocess.PIPE if capture else (self._logs / f"{name}.out").open("wb")
+        )
+        err = (self._logs / f"{name}.err").open("wb")
+        pinned = cpus
+
+        def pin() -> None:  # runs in the child between fork and exec
+            if pinned:
+                os.sched_setaffinity(0, pinned)
+
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=pin if pinned else None,  # noqa: PLW1509  # no threads here yet
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()
+            err.close()
+        self._running.append((name, proc))
+        return proc
+
+    def start_server(
+        self, name: str, argv: Sequence[str], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        return self.start(name, argv, env, cpus=self._server_cpus)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        texts = []
+        for suffix in ("out", "err"):
+            path = self._logs / f"{name}.{suffix}"
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                if tail:
+                    texts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(texts) or "(no output)"
+
+    def wait_for_line(self, name: str, proc: subprocess.Popen[bytes], prefix: str) -> str:
+        """The rest of the first stdout line of ``name`` starting with ``prefix``."""
+        path = self._logs / f"{name}.out"
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if path.exists():
+                for line in path.read_text(errors="replace").splitlines():
+                    if line.startswith(prefix):
+                        return line[len(prefix) :].strip()
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"{name} exited with status {proc.returncode} before printing {prefix}\n"
+                    + self.log_tail(name)
+                )
+            time.sleep(0.02)
+        raise BenchError(f"{name} printed no {prefix} in {STARTUP_SECONDS:.0f} s")
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for entry in list(self._running):
+            if entry[1] is proc:
+                self._running.remove(entry)
+        _terminate(proc)
+
+    def stop_all(self) -> None:
+        while self._running:
+            _name, proc = self._running.pop()
+            _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group (it leads its own session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            continue
+        return
+
+
+def _child_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED_PREFIXES)}
+    runtime = home / "run"
+    env.update(
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(runtime),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
+        # botocore must never find real credentials or a real region on this machine
+        AWS_EC2_METADATA_DISABLED="true",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- the setup
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    token: str
+    loop: str
+
+
+class Bench:
+    """The throwaway HOME and the processes in it."""
+
+    def __init__(self, root: Path, procs: Processes) -> None:
+        self.root = root
+        self.procs = procs
+        self.home = root / "home"
+        self.runtime = self.home / "run"
+        self.emulator_url = ""
+        self.env: dict[str, str] = {}
+        self.body_size = 0
+        self._credd: subprocess.Popen[bytes] | None = None
+        self._floor: subprocess.Popen[bytes] | None = None
+        self._credd_starts = 0
+
+    def prepare(self) -> None:
+        from credd.testing.browser import install_shim  # credd must be importable here
+
+        self.home.mkdir()
+        self.runtime.mkdir(mode=0o700)
+        (self.home / ".aws").mkdir()
+        (self.home / ".aws" / "config").write_text(AWS_CONFIG)
+        config = self.home / ".config" / "credd" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text(CREDD_CONFIG)
+        browser = install_shim(self.root / "browser")
+        emulator_env = _child_env(self.home, {})
+        emulator = self.procs.start_server(
+            "emulator",
+            [sys.executable, "-m", "credd.testing.emulator", "--port", "0"],
+            emulator_env,
+        )
+        self.emulator_url = self.procs.wait_for_line("emulator", emulator, "EMULATOR_URL=")
+        self.env = _child_env(
+            self.home, {"AWS_ENDPOINT_URL": self.emulator_url, "BROWSER": str(browser)}
+        )
+
+    def start_credd(self, loop: str) -> Target:
+        """``credd serve`` through the launcher; logs in once, then warms ``dev`` up."""
+        if self._credd is not None:
+            self.procs.stop(self._credd)
+        self._credd_starts += 1
+        name = f"credd-{loop}-{self._credd_starts}"
+        address = self.runtime / "credd" / "address"
+        with contextlib.suppress(FileNotFoundError):
+            address.unlink()  # a stale one would point at a dead port
+        self._credd = self.procs.start_server(
+            name, [sys.executable, "-c", CREDD_LAUNCHER, loop, "serve"], self.env
+        )
+        kind = self.procs.wait_for_line(name, self._credd, "BENCH_LOOP=")
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not address.exists():
+            if self._credd.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"credd serve did not start\n{self.procs.log_tail(name)}")
+            time.sleep(0.02)
+        url = "http://" + address.read_text().strip()
+        token = (self.runtime / "credd" / "token").read_text()
+        if self._credd_starts == 1:
+            self._login()
+        status, body = http_get(f"{url}/v1/credentials/{PROFILE}", token)
+        if status != 200 or b"AccessKeyId" not in body:
+            raise BenchError(f"warm-up GET answered {status}\n{self.procs.log_tail(name)}")
+        self.body_size = len(body)
+        return Target("credd", f"{url}/v1/credentials/{PROFILE}", token, kind)
+
+    @property
+    def credd_pid(self) -> int:
+        assert self._credd is not None
+        return self._credd.pid
+
+    def _login(self) -> None:
+        login = self.procs.start(
+            "login",
+            [sys.executable, "-c", "from credd.cli import main; main()", "login", SESSION],
+            self.env,
+        )
+        try:
+            status = login.wait(60)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError("credd login did not finish in 60 s") from exc
+        if status != 0:
+            raise BenchError(f"credd login failed ({status})\n{self.procs.log_tail('login')}")
+
+    def start_floor(self, loop: str) -> Target:
+        if self._floor is not None:
+            self.procs.stop(self._floor)
+        token = secrets.token_urlsafe(32)  # the same length as credd's
+        name = f"floor-{loop}"
+        self._floor = self.procs.start_server(
+            name,
+            [sys.executable, __file__, "--serve-floor", str(self.body_size), "--loop", loop],
+            {**self.env, "BENCH_TOKEN": token},
+        )
+        url = self.procs.wait_for_line(name, self._floor, "FLOOR_URL=")
+        kind = self.procs.wait_for_line(name, self._floor, "BENCH_LOOP=")
+        status, body = http_get(f"{url}/v1/credentials/{PROFILE}", token)
+        if status != 200 or len(body) != self.body_size:
+            raise BenchError(f"the floor answered {status} with {len(body)} bytes")
+        return Target("floor", f"{url}/v1/credentials/{PROFILE}", token, kind)
+
+
+def http_get(url: str, token: str) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Authorization": token})  # noqa: S310  # http://127.0.0.1 only
+    try:
+        with opener.open(request, timeout=10) as answer:
+            return int(answer.status), bytes(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# --------------------------------------------------------------------------- load
+
+
+class Load:
+    """One way of putting load on a URL: wrk, or the aiohttp client in a process."""
+
+    def __init__(self, procs: Processes, cpus: set[int] | None, threads: int, use_wrk: bool):
+        self._procs = procs
+        self._cpus = cpus
+        self._threads = threads
+        self.wrk = shutil.which("wrk") if use_wrk else None
+        self.runs = 0
+
+    def describe(self) -> str:
+        if self.wrk:
+            version = subprocess.run(
+                [self.wrk, "-v"], capture_output=True, text=True, check=False
+            ).stdout.split()
+            shown = version[1] if len(version) > 1 else "?"
+            return f"wrk {shown}, {self._threads} thread(s), --latency"
+        loop = "uvloop" if _has_uvloop() else "asyncio"
+        return f"aiohttp client process ({loop}, closed loop, one task per connection)"
+
+    def run(self, target: Target, connections: int, seconds: float) -> LoadResult:
+        self.runs += 1
+        name = f"load-{self.runs}"
+        env = {**os.environ, "BENCH_TOKEN": target.token}
+        if self.wrk:
+            argv = [
+                self.wrk,
+                f"-t{min(self._threads, connections)}",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--latency",
+                "--timeout",
+                "10s",
+                "-H",
+                f"Authorization: {target.token}",
+                target.url,
+            ]
+        else:
+            argv = [sys.executable, __file__, "--load-client", target.url, str(connections)]
+            argv += ["--duration", f"{seconds:g}"]
+        proc = self._procs.start(name, argv, env, cpus=self._cpus, capture=True)
+        try:
+            out, _ = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(
+                f"the load generator did not finish ({' '.join(argv[:3])} ...)"
+            ) from exc
+        finally:
+            self._procs.stop(proc)
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise BenchError(f"load generator failed ({proc.returncode}): {text[-500:]}")
+        return parse_wrk(text) if self.wrk else LoadResult(**_result_fields(json.loads(text)))
+
+
+def _result_fields(document: dict[str, Any]) -> dict[str, Any]:
+    document["latency_ms"] = {int(k): float(v) for k, v in document["latency_ms"].items()}
+    return document
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if match is None:
+        raise BenchError(f"cannot read a wrk duration: {text!r}")
+    return float(match[1]) * _UNITS_MS[match[2]]
+
+
+def parse_wrk(text: str) -> LoadResult:
+    """Requests/s, the latency distribution and the failures from ``wrk --latency`` output."""
+    latency: dict[int, float] = {}
+    for match in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", text, re.MULTILINE):
+        latency[int(match[1])] = _ms(match[2])
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
+    total = re.search(r"^\s+(\d+) requests in ([\d.]+\w+),", text, re.MULTILINE)
+    if rps is None or total is None or set(latency) != set(PERCENTILES):
+        raise BenchError(f"cannot read wrk's output:\n{text}")
+    failures = 0
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if errors:
+        failures += sum(int(n) for n in errors.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if non2xx:
+        failures += int(non2xx[1])
+    return LoadResult(
+        requests=int(total[1]),
+        seconds=_ms(total[2]) / 1000,
+        rps=float(rps[1]),
+        latency_ms=latency,
+        failures=failures,
+    )
+
+
+# --------------------------------------------------------------------------- child roles
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def _runner(loop: str) -> asyncio.Runner:
+    if loop == "uvloop":
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
+def serve_floor(body_size: int, loop: str) -> None:
+    """The framework floor: aiohttp, one route, one token check, one constant body."""
+    from aiohttp import web
+
+    token = os.environ["BENCH_TOKEN"].encode()
+    filler = body_size - len(json.dumps({"pad": ""}))
+    if filler < 0:
+        raise BenchError(f"a {body_size}-byte body is too small to fake")
+    body = json.dumps({"pad": "x" * filler}).encode()
+    assert len(body) == body_size
+
+    async def credentials(request: web.Request) -> web.Response:
+        supplied = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), token):
+            return web.Response(status=401, body=b'{"code":"Unauthorized"}')
+        return web.Response(body=body, content_type="application/json")
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/credentials/{profile}", credentials, allow_head=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        kind = type(asyncio.get_running_loop())
+        print(f"FLOOR_URL=http://{host}:{port}", flush=True)
+        print(f"BENCH_LOOP={kind.__module__}.{kind.__qualname__}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    with _runner(loop) as runner:
+        runner.run(serve())
+
+
+def load_client(url: str, connections: int, seconds: float) -> None:
+    """wrk's stand-in: ``connections`` keep-alive connections, each a closed loop."""
+    import aiohttp
+
+    headers = {"Authorization": os.environ["BENCH_TOKEN"]}
+    latencies: list[int] = []
+    failures = 0
+
+    async def worker(http: aiohttp.ClientSession, stop_at: int) -> None:
+        nonlocal failures
+        clock = time.perf_counter_ns
+        record = latencies.append
+        while clock() < stop_at:
+            started = clock()
+            try:
+                async with http.get(url, headers=headers) as answer:
+                    await answer.read()
+                    if answer.status >= 300:
+                        failures += 1
+            except aiohttp.ClientError:
+                failures += 1
+                continue
+            record(clock() - started)
+
+    async def run() -> float:
+        connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            started = time.perf_counter_ns()
+            stop_at = started + int(seconds * 1e9)
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(connections):
+                    tg.create_task(worker(http, stop_at))
+            return (time.perf_counter_ns() - started) / 1e9
+
+    with _runner("uvloop" if _has_uvloop() else "asyncio") as runner:
+        elapsed = runner.run(run())
+    ordered = sorted(latencies)
+
+    def percentile(p: int) -> float:
+        if not ordered:
+            return float("nan")
+        index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
+        return ordered[index] / 1e6
+
+    print(
+        json.dumps(
+            {
+                "requests": len(ordered),
+                "seconds": elapsed,
+                "rps": len(ordered) / elapsed,
+                "latency_ms": {p: percentile(p) for p in PERCENTILES},
+                "failures": failures,
+            }
+        )
+    )
+
+
+# --------------------------------------------------------------------------- the runs
+
+
+def run_mode(
+    bench: Bench, load: Load, loop: str, connections: Sequence[int], args: argparse.Namespace
+) -> ModeResult:
+    credd = bench.start_credd(loop)
+    floor = bench.start_floor(loop)
+    for target in (credd, floor):  # warm both: first connections, lazily built paths
+        load.run(target, max(connections), args.warmup)
+    rows = []
+    for n in connections:
+        runs: dict[str, list[LoadResult]] = {"credd": [], "floor": []}
+        for round_ in range(args.rounds):
+            order = (credd, floor) if round_ % 2 == 0 else (floor, credd)
+            for target in order:
+                runs[target.name].append(load.run(target, n, args.duration))
+        rows.append(Row(n, _median_run(runs["credd"]), _median_run(runs["floor"])))
+        _progress(f"  [{loop}] {n} connection(s) done")
+    return ModeResult(loop, credd.loop, floor.loop, rows)
+
+
+def _median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median throughput (the lower middle one for an even count)."""
+    ranked = sorted(runs, key=lambda r: r.rps)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def profile_credd(bench: Bench, load: Load, seconds: float, out_dir: Path) -> str:
+    """One extra 32-connection run with py-spy sampling credd; own time per function."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        return "profile: py-spy is not installed (pip install py-spy); skipped"
+    credd = bench.start_credd("asyncio")
+    pid = bench.credd_pid
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "credd-profile.txt"
+    record = bench.procs.start(
+        "py-spy",
+        [spy, "record", "--pid", str(pid), "--rate", "500", "--duration", f"{seconds:g}"]
+        + ["--format", "raw", "--nonblocking", "--output", str(raw)],
+        os.environ.copy(),
+    )
+    time.sleep(0.5)
+    load.run(credd, TARGET_RATIO_CONNECTIONS, seconds)
+    try:
+        record.wait(seconds + 30)
+    except subprocess.TimeoutExpired:
+        bench.procs.stop(record)
+    if not raw.exists():
+        return "profile: py-spy recorded nothing:\n" + bench.procs.log_tail("py-spy", 5)
+    return summarize_profile(raw)
+
+
+def summarize_profile(raw: Path, top: int = 22) -> str:
+    """py-spy's collapsed stacks: samples by leaf function (own time) and by module."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "profile: no samples"
+    lines = [f"profile of credd at {TARGET_RATIO_CONNECTIONS} connections ({total} samples):"]
+    lines.append("  own time (leaf function):")
+    lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    credd_frames = [(k, v) for k, v in inclusive.most_common() if "credd/" in k]
+    lines.append("  inclusive time of credd's own functions:")
+    lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in credd_frames[:12]]
+    lines.append(f"  raw collapsed stacks: {raw}")
+    return "\n".join(lines)
+
+
+def _short_frame(frame: str) -> str:
+    """``func (path/to/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``."""
+    match = re.fullmatch(r"(.*) \((.*?)(?::\d+)?\)", frame.strip())
+    if match is None:
+        return frame.strip()
+    path = match[2]
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        path = path.split("/main/", 1)[-1]
+    return f"{match[1]} ({path})"
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def machine_facts(load: Load, pinned: tuple[set[int], set[int]] | None) -> list[str]:
+    import aiohttp
+    from aiohttp import http_parser
+
+    cpus = sorted(os.sched_getaffinity(0))
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    c_parser = "C" if "_http_parser" in http_parser.HttpRequestParser.__module__ else "pure Python"
+    try:
+        uvloop = f"uvloop {importlib.metadata.version('uvloop')} installed"
+    except importlib.metadata.PackageNotFoundError:
+        uvloop = "uvloop not installed"
+    pinning = (
+        f"servers on CPU {_cpus(pinned[0])}, load on CPU {_cpus(pinned[1])}" if pinned else "none"
+    )
+    return [
+        f"machine   nproc {os.cpu_count()} (usable: {_cpus(set(cpus))}), {model}, "
+        f"{platform.system()} {platform.release()}",
+        f"python    {platform.python_version()} ({sys.executable})",
+        f"aiohttp   {aiohttp.__version__} ({c_parser} HTTP parser); {uvloop}",
+        f"load      {load.describe()}",
+        f"pinning   {pinning}",
+    ]
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:.2f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def format_table(mode: ModeResult) -> list[str]:
+    head = (
+        f"{'conns':>5} | {'credd req/s':>11} {'p50':>9} {'p99':>9} | "
+        f"{'floor req/s':>11} {'p50':>9} {'p99':>9} | {'credd/floor':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    notes = []
+    for row in mode.rows:
+        c, f = row.credd, row.floor
+        lines.append(
+            f"{row.connections:>5} | {c.rps:>11,.0f} {_fmt_ms(c.p50):>9} {_fmt_ms(c.p99):>9} | "
+            f"{f.rps:>11,.0f} {_fmt_ms(f.p50):>9} {_fmt_ms(f.p99):>9} | {row.ratio:>11.2f}"
+        )
+        for name, result in (("credd", c), ("floor", f)):
+            if result.failures:
+                notes.append(
+                    f"  WARNING: {name} at {row.connections} connection(s): "
+                    f"{result.failures} failed or non-2xx answers; its figures are not valid"
+                )
+    return lines + notes
+
+
+def format_targets(mode: ModeResult) -> list[str]:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT MET"
+
+    lines = ["targets (issue 6):"]
+    at = [r for r in mode.rows if r.connections == TARGET_RATIO_CONNECTIONS]
+    if at:
+        ratio = at[0].ratio
+        lines.append(
+            f"  credd/floor >= {TARGET_RATIO:.2f} at {TARGET_RATIO_CONNECTIONS} connections: "
+            f"{ratio:.2f} -> {verdict(ratio >= TARGET_RATIO)}"
+        )
+    else:
+        lines.append(
+            f"  credd/floor >= {TARGET_RATIO:.2f} at {TARGET_RATIO_CONNECTIONS} connections: "
+            "not measured (add 32 to --connections)"
+        )
+    for row in mode.rows:
+        p99 = row.credd.p99
+        # Little's law: with N requests always in flight, mean latency = N / throughput.
+        queueing = row.connections / row.floor.rps * 1000 if row.floor.rps else float("nan")
+        lines.append(
+            f"  credd p99 <= {TARGET_P99_MS:g} ms at {row.connections:>3} connection(s): "
+            f"{_fmt_ms(p99)} -> {verdict(p99 <= TARGET_P99_MS)}"
+            f"   (floor p99 {_fmt_ms(row.floor.p99)}; N/throughput of the floor "
+            f"{_fmt_ms(queueing)})"
+        )
+    return lines
+
+
+def format_uvloop(base: ModeResult, fast: ModeResult) -> list[str]:
+    head = (
+        f"{'conns':>5} | {'credd asyncio':>13} {'uvloop':>9} {'gain':>6} | "
+        f"{'floor asyncio':>13} {'uvloop':>9} {'gain':>6} | {'ratio asyncio':>13} {'uvloop':>6}"
+    )
+    lines = ["asyncio vs uvloop (req/s):", head, "-" * len(head)]
+    for a, u in zip(base.rows, fast.rows, strict=True):
+        lines.append(
+            f"{a.connections:>5} | {a.credd.rps:>13,.0f} {u.credd.rps:>9,.0f} "
+            f"{u.credd.rps / a.credd.rps:>5.2f}x | {a.floor.rps:>13,.0f} {u.floor.rps:>9,.0f} "
+            f"{u.floor.rps / a.floor.rps:>5.2f}x | {a.ratio:>13.2f} {u.ratio:>6.2f}"
+        )
+    lines.append("credd p99 (ms), asyncio -> uvloop:")
+    lines += [
+        f"  {a.connections:>3} connection(s): {_fmt_ms(a.credd.p99)} -> {_fmt_ms(u.credd.p99)}"
+        for a, u in zip(base.rows, fast.rows, strict=True)
+    ]
+    return lines
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _connections(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("connection counts are positive integers")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/endpoint.py",
+        description="credd's credentials endpoint against a bare aiohttp app (the floor).",
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (5)")
+    parser.add_argument(
+        "--connections",
+        type=_connections,
+        default=list(DEFAULT_CONNECTIONS),
+        help="comma-separated connection counts (1,32,256)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs per server and count, alternating order; the median is shown (1)",
+    )
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per server (1)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also run both servers on uvloop and compare"
+    )
+    parser.add_argument(
+        "--no-wrk", dest="wrk", action="store_false", help="use the aiohttp load client"
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin servers and load to CPUs"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="one more run with py-spy sampling credd"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary HOME and logs")
+    # internal roles of this same file, run as child processes
+    parser.add_argument("--serve-floor", type=int, metavar="BODY_SIZE", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    parser.add_argument("--load-client", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)
+    return parser
+
+
+def _split_cpus(pin: bool) -> tuple[set[int], set[int]] | None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C does, so the cleanup below runs for both."""
+
+    def interrupt(_sig: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(
+        signal.SIGTERM, interrupt
+    )
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    if args.uvloop and not _has_uvloop():
+        _progress("--uvloop: uvloop is not importable (pip install uvloop); running asyncio only")
+        args.uvloop = False
+    pinned = _split_cpus(args.pin)
+    root = Path(tempfile.mkdtemp(prefix="credd-bench-"))
+    logs = root / "logs"
+    logs.mkdir()
+    procs = Processes(logs, pinned[0] if pinned else None)
+    load = Load(procs, pinned[1] if pinned else None, args.threads, args.wrk)
+    if args.wrk and load.wrk is None:
+        _progress("wrk not found (apt-get install wrk); using the aiohttp load client instead")
+    report: list[str] = []
+    try:
+        with _sigterm_as_interrupt():
+            bench = Bench(root, procs)
+            _progress(f"setting up in {root} ...")
+            bench.prepare()
+            modes = [run_mode(bench, load, "asyncio", args.connections, args)]
+            if args.uvloop:
+                modes.append(run_mode(bench, load, "uvloop", args.connections, args))
+            profile = (
+                profile_credd(bench, load, args.duration, root / "profile")
+                if args.profile
+                else None
+            )
+    except KeyboardInterrupt:
+        _progress("interrupted; stopping every child process")
+        return 130
+    except BenchError as exc:
+        _progress(f"benchmark failed: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
+        procs.stop_all()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not args.keep and not args.profile:
+            shutil.rmtree(root, ignore_errors=True)
+
+    report.append(
+        f"credd endpoint benchmark: GET /v1/credentials/{PROFILE} ({bench.body_size}-byte JSON "
+        f"answer), {args.duration:g} s per run, {args.rounds} round(s), credd and the floor "
+        "alternately"
+    )
+    report += machine_facts(load, pinned)
+    for mode in modes:
+        report.append("")
+        report.append(
+            f"event loop: {mode.loop} (credd: {mode.credd_loop}; floor: {mode.floor_loop})"
+        )
+        report += format_table(mode)
+        report += format_targets(mode)
+    if len(modes) == 2:
+        report.append("")
+        report += format_uvloop(modes[0], modes[1])
+    if profile:
+        report.append("")
+        report.append(profile)
+    if args.keep or args.profile:
+        report.append(f"\nlogs and files kept in {root}")
+    print("\n".join(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.serve_floor is not None:
+        serve_floor(args.serve_floor, args.loop)
+        return 0
+    if args.load_client is not None:
+        url, connections = args.load_client
+        load_client(url, int(connections), args.duration)
+        return 0
+    return bench_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
