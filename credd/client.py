@@ -35,7 +35,7 @@ def endpoint(settings: Settings) -> Endpoint:
     server = settings.server
     host, port = server.host, server.port
     if port == 0:
-        address = server.token_file.parent / "address"
+        address = server.address_file
         try:
             text = address.read_text(encoding="ascii").strip()
         except OSError as exc:

@@ -122,6 +122,11 @@ class ServerSettings:
     def listen(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @property
+    def address_file(self) -> Path:
+        """Where the bound address is written when ``listen`` asks for port 0 (interface.md)."""
+        return self.token_file.parent / "address"
+
 
 @dataclass(frozen=True)
 class RefreshSettings:

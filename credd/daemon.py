@@ -81,11 +81,6 @@ def ensure_endpoint_token(path: Path) -> str:
     return token
 
 
-def address_file(settings: Settings) -> Path:
-    """Where the bound address is written when ``listen`` asks for port 0 (interface.md)."""
-    return settings.server.token_file.parent / "address"
-
-
 def sso_cache(settings: Settings) -> SsoCache:
     paths = settings.paths
     return SsoCache(
@@ -179,15 +174,14 @@ async def _serving(settings: Settings, app: web.Application) -> AsyncIterator[tu
                 hint="is another credd running? change [server] listen in the credd config",
             ) from exc
         host, port = runner.addresses[0][:2]
-        written = address_file(settings)
         if server.port == 0:
-            _atomic_write(written, f"{host}:{port}")
+            _atomic_write(server.address_file, f"{host}:{port}")
         yield str(host), int(port)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_DEADLINE_SECONDS):
             if server.port == 0:
                 with contextlib.suppress(OSError):
-                    address_file(settings).unlink()
+                    server.address_file.unlink()
             await runner.cleanup()
 
 
