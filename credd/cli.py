@@ -208,18 +208,22 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
         f"{token.expires_at:%Y-%m-%d %H:%M:%S} UTC.",
         file=sys.stderr,
     )
-    _tell_daemon(settings, spec.name)
+    _tell_daemon(settings, spec.name, logged_in=True)
 
 
-def _tell_daemon(settings: Settings, session: str) -> None:
+def _tell_daemon(settings: Settings, session: str, *, logged_in: bool) -> None:
     from credd import client
 
     try:
         client.request(settings, f"/v1/sessions/{_quote(session)}/sync", method="POST")
     except DaemonUnavailable:
-        print("(credd is not running: `credd serve` will pick the session up.)", file=sys.stderr)
+        if logged_in:
+            print(
+                "(credd is not running: `credd serve` will pick the session up.)", file=sys.stderr
+            )
     else:
-        print("The running daemon serves it now.", file=sys.stderr)
+        done = "serves it now" if logged_in else "has dropped its credentials"
+        print(f"The running daemon {done}.", file=sys.stderr)
 
 
 def _logout(settings: Settings, name: str) -> None:
@@ -251,7 +255,7 @@ def _logout(settings: Settings, name: str) -> None:
     if warning:
         print(f"credd: warning: {warning}", file=sys.stderr)
     print(f"Logged out of {spec.name}.", file=sys.stderr)
-    _tell_daemon(settings, spec.name)
+    _tell_daemon(settings, spec.name, logged_in=False)
 
 
 # --------------------------------------------------------------------------- status

@@ -192,8 +192,8 @@ class IdentityCenterSession:
 
     def sync(self) -> None:
         """Re-read the cache now (after ``credd login`` or ``credd logout`` in another process)."""
-        self._seen_mtime = None
-        self._adopt_if_changed(self._clock.now())
+        self._seen_mtime = self._cache.token_mtime(self.spec.cache_key)
+        self._load(self._clock.now())
 
     # ------------------------------------------------------------------ refresh
 
