@@ -12,6 +12,7 @@ backoff (design.md rules 6 and 7).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from credd.config import (
     ServedProfile,
     SigningSource,
     SsoRoleProfile,
+    SsoSessionSpec,
     StaticKeysProfile,
 )
 from credd.errors import CreddError, LoginRequired, NotServed, UpstreamError
@@ -100,6 +102,12 @@ class _Keeper:
         self.retry_at: datetime | None = None
         self.next_renewal: datetime | None = None
         self.renewing = False
+        #: cancels the renewal loop when a reload removes or replaces the profile
+        self.scope: anyio.CancelScope | None = None
+
+    def retire(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
 
     def usable(self, now: datetime) -> RoleCredentials | None:
         creds = self.creds
@@ -109,33 +117,90 @@ class _Keeper:
 
 
 class Broker:
+    """Owns the sessions and the profiles; :meth:`apply` swaps configurations live."""
+
     def __init__(
         self,
         *,
-        sessions: Mapping[str, IdentityCenterSession],
-        profiles: Mapping[str, ServedProfile],
-        sources: Mapping[str, SigningSource],
+        make_session: Callable[[SsoSessionSpec], IdentityCenterSession],
         clients: AwsClients,
         clock: Clock,
         task_group: TaskGroup,
-        refresh: RefreshSettings,
         request_deadline: float = DEFAULT_REQUEST_DEADLINE,
         draw: Callable[[], float] = random.random,
     ) -> None:
-        self._sessions = sessions
-        self._sources = sources
+        self._make_session = make_session
         self._clients = clients
         self._clock = clock
         self._task_group = task_group
-        self._refresh = refresh
         self._deadline = request_deadline
         self._draw = draw
+        self._refresh = RefreshSettings()
+        self._sessions: dict[str, IdentityCenterSession] = {}
+        self._session_scopes: dict[str, anyio.CancelScope] = {}
+        self._sources: Mapping[str, SigningSource] = {}
         self._keepers: dict[str, _Keeper] = {}
-        for name, spec in profiles.items():
-            keeper = _Keeper(spec, self._root_session(spec, profiles), name in refresh.prefetch)
-            keeper.fetcher = self._fetcher(spec)
-            keeper.flight = SingleFlight(task_group, functools.partial(self._fetch, keeper))
-            self._keepers[name] = keeper
+        self._running = False
+
+    def apply(
+        self,
+        *,
+        sessions: Mapping[str, SsoSessionSpec],
+        profiles: Mapping[str, ServedProfile],
+        sources: Mapping[str, SigningSource],
+        refresh: RefreshSettings,
+    ) -> None:
+        """Take a (new) configuration: what stayed the same keeps its state and its loops."""
+        self._refresh = refresh
+        self._sources = sources
+        replaced: set[str] = set()
+        for name in list(self._sessions):
+            if sessions.get(name) != self._sessions[name].spec:
+                self._stop_session(name)
+                replaced.add(name)
+        for name, session_spec in sessions.items():
+            session = self._sessions.get(name)
+            if session is None:
+                session = self._sessions[name] = self._make_session(session_spec)
+                if self._running:
+                    self._task_group.start_soon(self._run_session, session)
+            session.margin_seconds = refresh.token_margin_seconds
+        for name in list(self._keepers):
+            keeper = self._keepers[name]
+            if profiles.get(name) != keeper.spec or keeper.session in replaced:
+                keeper.retire()
+                del self._keepers[name]
+        for name, profile_spec in profiles.items():
+            existing = self._keepers.get(name)
+            if existing is None:
+                keeper = self._keepers[name] = _Keeper(
+                    profile_spec, self._root_session(profile_spec, profiles), prefetch=False
+                )
+                keeper.fetcher = self._fetcher(profile_spec)
+                keeper.flight = SingleFlight(
+                    self._task_group, functools.partial(self._fetch, keeper)
+                )
+            else:
+                keeper = existing
+            keeper.prefetch = name in refresh.prefetch
+            if self._running and keeper.prefetch and not keeper.renewing:
+                self._start_keeper(keeper)
+
+    def _stop_session(self, name: str) -> None:
+        self._sessions.pop(name)
+        scope = self._session_scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _run_session(
+        self,
+        session: IdentityCenterSession,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            self._session_scopes[session.name] = scope
+            await session.run(task_status=task_status)
 
     # ------------------------------------------------------------------ wiring
 
@@ -261,26 +326,30 @@ class Broker:
     async def _run_keeper(self, keeper: _Keeper) -> None:
         """Renew one profile's credentials ahead of expiry while it is in use."""
         assert keeper.flight is not None
-        idle = timedelta(seconds=self._refresh.idle_timeout_seconds)
         try:
-            while True:
-                now = self._clock.now()
-                idle_at = (keeper.last_used or now) + idle
-                if not keeper.prefetch and now >= idle_at:
-                    log.info("profile_idle", profile=keeper.spec.name)
-                    return
-                wake = self._next_fetch(keeper, now)
-                keeper.next_renewal = wake
-                await self._clock.sleep_until(wake if keeper.prefetch else min(wake, idle_at))
-                if self._clock.now() < wake:
-                    continue  # woke to check idleness
-                try:
-                    await keeper.flight.run()
-                except CreddError:
-                    continue  # _failed recorded it and set retry_at
+            with anyio.CancelScope() as keeper.scope:
+                await self._keep(keeper, keeper.flight)
         finally:
             keeper.renewing = False
             keeper.next_renewal = None
+
+    async def _keep(self, keeper: _Keeper, flight: SingleFlight[RoleCredentials]) -> None:
+        while True:
+            now = self._clock.now()
+            idle_at = (keeper.last_used or now) + timedelta(
+                seconds=self._refresh.idle_timeout_seconds
+            )
+            if not keeper.prefetch and now >= idle_at:
+                log.info("profile_idle", profile=keeper.spec.name)
+                return
+            wake = self._next_fetch(keeper, now)
+            keeper.next_renewal = wake
+            await self._clock.sleep_until(wake if keeper.prefetch else min(wake, idle_at))
+            if self._clock.now() < wake:
+                continue  # woke to check idleness
+            # A failure is recorded by _failed, with the retry time the next turn uses.
+            with contextlib.suppress(CreddError):
+                await flight.run()
 
     def _next_fetch(self, keeper: _Keeper, now: datetime) -> datetime:
         if keeper.retry_at is not None:
@@ -298,14 +367,14 @@ class Broker:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start every session's renewal loop and the prefetched profiles, then keep going."""
-        async with anyio.create_task_group() as tg:
-            for session in self._sessions.values():
-                await tg.start(session.run)
-            for keeper in self._keepers.values():
-                if keeper.prefetch:
-                    self._start_keeper(keeper)
-            task_status.started()
+        """Start every session's renewal loop (each reads its cache first) and the prefetches."""
+        for session in list(self._sessions.values()):
+            await self._task_group.start(self._run_session, session)
+        self._running = True
+        for keeper in self._keepers.values():
+            if keeper.prefetch and not keeper.renewing:
+                self._start_keeper(keeper)
+        task_status.started()
 
     # ------------------------------------------------------------------ sessions
 

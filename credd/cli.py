@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("profile", metavar="PROFILE")
     token = add("token", "print the bearer access token of a trusted-identity session")
     token.add_argument("name", metavar="NAME")
+    service = add("service", "the systemd user units: install, uninstall, status")
+    service.add_argument("action", choices=("install", "uninstall", "status"))
     return parser
 
 
@@ -119,7 +121,7 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
         from credd.log import configure_logging
 
         configure_logging("debug" if debug else settings.log.level, settings.log.format)
-        anyio.run(_serve, settings)
+        anyio.run(_serve, args, settings)
     elif command == "login":
         _login(settings, args, debug)
     elif command == "logout":
@@ -133,6 +135,16 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
         _exec(settings, args.profile, args.argv)
     elif command == "credential-process":
         _credential_process(settings, args.profile)
+    elif command == "service":
+        from credd import service
+
+        action = {
+            "install": service.install,
+            "uninstall": service.uninstall,
+            "status": service.status,
+        }[args.action]
+        for line in action(settings, os.environ).lines:
+            print(line)
     elif command == "token":
         from credd import client
 
@@ -147,14 +159,21 @@ def _quote(name: str) -> str:
 # --------------------------------------------------------------------------- serve
 
 
-async def _serve(settings: Settings) -> None:
-    from credd.daemon import run_daemon
+async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    """Run the daemon: SIGHUP reloads the configuration, SIGTERM and SIGINT stop it."""
+    from credd.daemon import DaemonHandle, run_daemon
+    from credd.systemd import clear_activation_environment
 
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    stops = (signal.SIGTERM, signal.SIGINT)
+    with anyio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
-            await tg.start(functools.partial(run_daemon, settings))
-            async for _signal in signals:
-                tg.cancel_scope.cancel()
+            handle: DaemonHandle = await tg.start(functools.partial(run_daemon, settings))
+            clear_activation_environment()  # not for credential processes or notify-send
+            async for received in signals:
+                if received == signal.SIGHUP:
+                    handle.reload(lambda: _settings(args))
+                    continue
+                handle.stop()  # drains in-flight requests, then returns
                 break
 
 

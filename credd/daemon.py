@@ -1,10 +1,12 @@
 """The composition root: settings in, a running daemon out.
 
 Builds the caches, the AWS clients, one session per sign-in, the broker and
-the HTTP endpoint, all inside one task group; readiness is explicit
-(:func:`run_daemon` reports its :class:`DaemonHandle` through ``task_status``
-once the endpoint is bound), and shutdown is cancellation, with the endpoint's
-cleanup shielded under a deadline.
+the HTTP endpoint, all inside one task group. Readiness is explicit:
+:func:`run_daemon` reports its :class:`DaemonHandle` through ``task_status``,
+and tells systemd ``READY=1``, once the caches are read and the endpoint is
+bound. A reload (SIGHUP) swaps the configuration without dropping what stays;
+a stop first drains in-flight requests, then cancels the rest, its cleanup
+shielded under a deadline.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import contextlib
 import functools
 import os
 import secrets
+import socket
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +31,22 @@ from credd import __version__
 from credd.aws import AwsClients
 from credd.broker import DEFAULT_REQUEST_DEADLINE, Broker
 from credd.clock import Clock, SystemClock
-from credd.config import Settings
+from credd.config import ServerSettings, Settings, SsoSessionSpec
+from credd.desktop import notify_login_required
 from credd.errors import CreddError
 from credd.server import make_app
+from credd.sessions import SessionState
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.status import status_document
 from credd.store import JsonCacheDir, SsoCache, format_timestamp
+from credd.systemd import Notifier, listen_sockets, watchdog_interval
 
 log = structlog.get_logger(__name__)
 
 TOKEN_BYTES = 32
-SHUTDOWN_DEADLINE_SECONDS = 5.0
+#: how long a stop waits for in-flight requests (they take at most the request deadline)
+DRAIN_SECONDS = 5.0
+STATUS_INTERVAL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,107 @@ class DaemonHandle:
     port: int
     token: str
     broker: Broker
+    control: DaemonControl
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def reload(self, load: Callable[[], Settings]) -> bool:
+        return self.control.reload(load)
+
+    def stop(self) -> None:
+        self.control.stop()
+
+
+class DaemonControl:
+    """What a running daemon can be told: reload the configuration, stop."""
+
+    def __init__(self, settings: Settings, broker: Broker, notifier: Notifier, clock: Clock):
+        self.settings = settings
+        self._broker = broker
+        self._notifier = notifier
+        self._clock = clock
+        self.started_at = clock.now()
+        self.listen: str | None = None
+        self.stopping = anyio.Event()
+
+    def apply(self, settings: Settings) -> None:
+        self._broker.apply(
+            sessions=settings.sessions,
+            profiles=settings.profiles,
+            sources=settings.sources,
+            refresh=settings.refresh,
+        )
+        self.settings = settings
+
+    def reload(self, load: Callable[[], Settings]) -> bool:
+        """Re-read the configuration; a broken one keeps the running one (SIGHUP)."""
+        self._notifier.reloading(time.monotonic_ns() // 1000)
+        try:
+            settings = load()
+            if settings.server != self.settings.server:
+                log.warning("reload_server_unchanged", reason="[server] changes need a restart")
+            self.apply(settings)
+        except CreddError as exc:
+            # one clear line, no traceback: the error names the file, line and key
+            log.error("reload_failed", error=str(exc), kept="the running configuration")  # noqa: TRY400
+            return False
+        finally:
+            self._notifier.ready(self.status_line())
+        log.info("reloaded", profiles=len(settings.profiles), sessions=len(settings.sessions))
+        return True
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def document(self) -> dict[str, Any]:
+        return status_document(
+            daemon={
+                "running": True,
+                "version": __version__,
+                "pid": os.getpid(),
+                "listen": self.listen,
+                "started_at": format_timestamp(self.started_at),
+                "now": format_timestamp(self._clock.now()),
+            },
+            sessions=self._broker.session_statuses(),
+            profiles=self._broker.profile_statuses(),
+            unserved=self.settings.unserved,
+        )
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what credd is doing."""
+        sessions = self._broker.session_statuses()
+        live = [s for s in sessions if s.state in (SessionState.OK, SessionState.EXPIRING)]
+        parts = [f"{len(live)}/{len(sessions)} sessions live"]
+        renewals = [s.next_renewal for s in sessions if s.next_renewal]
+        if renewals:
+            parts.append(f"next renewal {format_timestamp(min(renewals))}")
+        needing = [s.name for s in sessions if s.state is SessionState.LOGIN_REQUIRED]
+        if needing:
+            parts.append("login needed: " + ", ".join(sorted(needing)))
+        return "; ".join(parts)
+
+    async def run_status(self) -> None:
+        """Keep systemd's STATUS= line current."""
+        if not self._notifier.enabled:
+            return
+        last = ""
+        while True:
+            line = self.status_line()
+            if line != last:
+                self._notifier.status(line)
+                last = line
+            await anyio.sleep(STATUS_INTERVAL_SECONDS)
+
+
+async def run_watchdog(notifier: Notifier, interval: float) -> None:
+    """WATCHDOG=1 from the event loop itself: a stuck loop stops it, and systemd restarts us."""
+    while True:
+        notifier.watchdog()
+        await anyio.sleep(interval)
 
 
 def _atomic_write(path: Path, data: str) -> None:
@@ -97,89 +202,99 @@ async def run_daemon(
     *,
     clock: Clock | None = None,
     request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+    env: Mapping[str, str] | None = None,
     task_status: anyio.abc.TaskStatus[DaemonHandle] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled."""
+    """Serve until told to stop (:meth:`DaemonHandle.stop`) or cancelled."""
+    env = os.environ if env is None else env
     clock = clock or SystemClock()
+    notifier = Notifier(env)
+    watchdog = watchdog_interval(env, os.getpid())
+    passed = listen_sockets(env, os.getpid())
     token = ensure_endpoint_token(settings.server.token_file)
     cache = sso_cache(settings)
     clients = aws_clients(settings)
-    started = clock.now()
     async with anyio.create_task_group() as tg:
-        sessions = {
-            name: IdentityCenterSession(
+
+        def login_required(session: str, reason: str) -> None:
+            tg.start_soon(notify_login_required, session, reason, env)
+
+        def make_session(spec: SsoSessionSpec) -> IdentityCenterSession:
+            return IdentityCenterSession(
                 spec,
                 cache=cache,
                 clients=clients,
                 clock=clock,
                 task_group=tg,
                 margin_seconds=settings.refresh.token_margin_seconds,
+                on_login_required=login_required,
             )
-            for name, spec in settings.sessions.items()
-        }
+
         broker = Broker(
-            sessions=sessions,
-            profiles=settings.profiles,
-            sources=settings.sources,
+            make_session=make_session,
             clients=clients,
             clock=clock,
             task_group=tg,
-            refresh=settings.refresh,
             request_deadline=request_deadline,
         )
+        control = DaemonControl(settings, broker, notifier, clock)
+        control.apply(settings)
         await tg.start(broker.run)
-        listen: dict[str, Any] = {}
-
-        def document() -> dict[str, Any]:
-            return status_document(
-                daemon={
-                    "running": True,
-                    "version": __version__,
-                    "pid": os.getpid(),
-                    "listen": listen.get("address"),
-                    "started_at": format_timestamp(started),
-                    "now": format_timestamp(clock.now()),
-                },
-                sessions=broker.session_statuses(),
-                profiles=broker.profile_statuses(),
-                unserved=settings.unserved,
-            )
-
-        async with _serving(settings, make_app(broker, token, document)) as (host, port):
-            listen["address"] = f"{host}:{port}"
-            handle = DaemonHandle(host=host, port=port, token=token, broker=broker)
-            log.info(
-                "credd_ready",
-                listen=handle.url,
-                token_file=str(settings.server.token_file),
-                profiles=len(settings.profiles),
-                sessions=len(sessions),
-            )
-            task_status.started(handle)
-            await anyio.sleep_forever()
+        try:
+            app = make_app(broker, token, control.document)
+            async with _serving(settings.server, app, passed) as (host, port):
+                control.listen = f"{host}:{port}"
+                handle = DaemonHandle(host, port, token, broker, control)
+                if watchdog is not None:
+                    tg.start_soon(run_watchdog, notifier, watchdog)
+                tg.start_soon(control.run_status)
+                notifier.ready(control.status_line())
+                log.info(
+                    "credd_ready",
+                    listen=handle.url,
+                    token_file=str(settings.server.token_file),
+                    profiles=len(settings.profiles),
+                    sessions=len(settings.sessions),
+                    socket_activated=bool(passed),
+                )
+                task_status.started(handle)
+                await control.stopping.wait()
+                notifier.stopping()
+                log.info("credd_stopping")
+            # leaving _serving stopped listening and let in-flight requests finish
+        finally:
+            notifier.stopping()
+            tg.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
-async def _serving(settings: Settings, app: web.Application) -> AsyncIterator[tuple[str, int]]:
-    server = settings.server
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+async def _serving(
+    server: ServerSettings, app: web.Application, passed: list[socket.socket]
+) -> AsyncIterator[tuple[str, int]]:
+    """Listen (on a socket systemd passed, else by binding) until the block ends, then drain."""
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_SECONDS
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, server.host, server.port, backlog=1024)
         try:
-            await site.start()
+            if passed:
+                for sock in passed:
+                    await web.SockSite(runner, sock, backlog=1024).start()
+            else:
+                await web.TCPSite(runner, server.host, server.port, backlog=1024).start()
         except OSError as exc:
             raise CreddError(
                 f"cannot listen on {server.listen}: {exc.strerror or exc}",
                 hint="is another credd running? change [server] listen in the credd config",
             ) from exc
         host, port = runner.addresses[0][:2]
-        if server.port == 0:
+        if server.port == 0 and not passed:
             _atomic_write(server.address_file, f"{host}:{port}")
         yield str(host), int(port)
     finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_DEADLINE_SECONDS):
-            if server.port == 0:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_SECONDS + 1):
+            if server.port == 0 and not passed:
                 with contextlib.suppress(OSError):
                     server.address_file.unlink()
             await runner.cleanup()
@@ -200,4 +315,4 @@ async def running_daemon(
         try:
             yield handle
         finally:
-            tg.cancel_scope.cancel()
+            handle.stop()

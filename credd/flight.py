@@ -13,6 +13,8 @@ from typing import Generic, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from credd.errors import CreddError
+
 T = TypeVar("T")
 
 
@@ -51,6 +53,9 @@ class SingleFlight(Generic[T]):
             flight.result = await self._work()
         except Exception as exc:  # handed to every waiter, who decides what it means
             flight.error = exc
+        except BaseException:  # cancelled (the daemon is stopping): waiters must not hang
+            flight.error = CreddError("credd is stopping", hint="try again in a moment")
+            raise
         finally:
             self._current = None
             flight.done.set()

@@ -11,6 +11,7 @@ included.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
@@ -56,6 +57,31 @@ def readable_times(
     return event
 
 
+#: syslog priorities journald reads from a "<N>" line prefix (sd-daemon(3))
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def logging_to_journal(stream: TextIO) -> bool:
+    """Is ``stream`` the journal stream systemd gave us (``$JOURNAL_STREAM``)?"""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{stat.st_dev}" == device and f"{stat.st_ino}" == inode
+
+
+class JournalPriority:
+    """Prefix each rendered line with its priority, so ``journalctl -p warning`` filters."""
+
+    def __init__(self, renderer: Any) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: object, method: str, event: MutableMapping[str, Any]) -> str:
+        priority = _PRIORITIES.get(str(event.get("level", "info")), 6)
+        return f"<{priority}>{self._renderer(logger, method, event)}"
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -64,6 +90,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         if console
         else structlog.processors.JSONRenderer()
     )
+    if logging_to_journal(out):
+        renderer = JournalPriority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

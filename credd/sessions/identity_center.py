@@ -71,14 +71,16 @@ class IdentityCenterSession:
         task_group: TaskGroup,
         margin_seconds: float,
         draw: Callable[[], float] = random.random,
+        on_login_required: Callable[[str, str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self._cache = cache
         self._clients = clients
         self._clock = clock
-        self._margin = margin_seconds
+        self.margin_seconds = margin_seconds
         self._draw = draw
+        self._on_login_required = on_login_required
         self._token: SsoToken | None = None
         self._lifetime_start: datetime | None = None
         self._seen_mtime: float | None = None
@@ -287,7 +289,7 @@ class IdentityCenterSession:
         return renewal_time(
             lifetime_start=self._lifetime_start or self._clock.now(),
             expires_at=token.expires_at,
-            margin_seconds=self._margin,
+            margin_seconds=self.margin_seconds,
             draw=0.0,
         )
 
@@ -300,6 +302,8 @@ class IdentityCenterSession:
         if isinstance(error, LoginRequired):
             if not isinstance(self._problem, LoginRequired):
                 log.warning("session_login_required", session=self.name, reason=error.reason)
+                if self._on_login_required is not None:
+                    self._on_login_required(self.name, error.reason)
             self._retry_at = None
         else:
             token = self._token
@@ -368,6 +372,6 @@ class IdentityCenterSession:
         return renewal_time(
             lifetime_start=self._lifetime_start or now,
             expires_at=token.expires_at,
-            margin_seconds=self._margin,
+            margin_seconds=self.margin_seconds,
             draw=self._jitter,
         )

@@ -21,12 +21,22 @@ DAY: Final = 86_400
 
 
 def _knob(
-    default: int | bool | None, help_text: str, *, minimum: int = 1, optional: bool = False
+    default: int | bool | None,
+    help_text: str,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    optional: bool = False,
 ) -> Any:
     """A setting; ``optional`` ones (and those off by default) may be set to ``None``: off."""
     return field(
         default=default,
-        metadata={"help": help_text, "minimum": minimum, "optional": optional or default is None},
+        metadata={
+            "help": help_text,
+            "minimum": minimum,
+            "maximum": maximum,
+            "optional": optional or default is None,
+        },
     )
 
 
@@ -58,6 +68,17 @@ class EmulatorConfig:
         300, "SigV4 X-Amz-Date tolerance (AWS: 5 min); none: unchecked", minimum=0, optional=True
     )
     auto_approve: bool = _knob(True, "the browser user approves (/authorize, /device)")
+    # AWS Sign-In (``aws login``, protocols.md §4)
+    signin_credentials_ttl: int = _knob(
+        900, "Sign-In credential lifetime (CreateOAuth2Token expiresIn, at most 900)", maximum=900
+    )
+    signin_session_ttl: int = _knob(
+        43_200, "Sign-In session lifetime: refreshing fails with TOKEN_EXPIRED after it"
+    )
+    signin_code_ttl: int = _knob(300, "Sign-In authorization code lifetime (/v1/authorize)")
+    signin_permission: bool = _knob(
+        True, "the Sign-In user may use aws login; false: INSUFFICIENT_PERMISSIONS"
+    )
 
     def __post_init__(self) -> None:
         for name, value in self.as_dict().items():
@@ -90,6 +111,8 @@ def _checked(name: str, value: object) -> int | bool | None:
         raise ValueError(f"{name} must be an integer number of seconds")
     if value < knob.metadata["minimum"]:
         raise ValueError(f"{name} must be at least {knob.metadata['minimum']}")
+    if knob.metadata["maximum"] is not None and value > knob.metadata["maximum"]:
+        raise ValueError(f"{name} must be at most {knob.metadata['maximum']}")
     return value
 
 
@@ -154,6 +177,9 @@ class Directory:
     roles: tuple[AssumableRole, ...] = ()
     #: whether any other ``arn:aws:iam::<12 digits>:role/<name>`` may be assumed too
     allow_any_role: bool = True
+    #: who signs in to the console for ``aws login`` (AWS Sign-In): the idToken ``sub``
+    #: and the principal of the credentials; an IAM user or an assumed-role session ARN
+    signin_principal: str = "arn:aws:iam::111111111111:user/alice"
 
     def user(self, name: str) -> User:
         for user in self.users:

@@ -10,6 +10,8 @@ status of the service model, and the body members the model declares:
   are 400, only ``InvalidClientException`` is 401;
 * SSO portal (:class:`PortalError`): ``{"message"}`` plus ``__type`` (§3);
 * STS (:class:`StsError`): ``<ErrorResponse>`` XML in the STS namespace (§5);
+* AWS Sign-In (:class:`SigninError`): ``{"error", "message"}`` with an
+  ``OAuth2ErrorCode``; ``AccessDeniedException`` is 401 or 403 by that code (§4.3);
 * the browser pages ``/authorize`` and ``/device`` (:class:`PageError`): HTML.
 Every response, error or not, gets ``x-amzn-RequestId`` from the middleware in
 :mod:`.operations`; STS also repeats it in the body.
@@ -118,6 +120,67 @@ class PortalError(AwsError):
         )
         body = {"message": self.message, "__type": f"com.amazonaws.switchboard.portal#{self.code}"}
         return _json_response(self.status, body, error_type)
+
+
+class SigninError(AwsError):
+    """AWS Sign-In (protocols.md §4.3): ``{"error": <OAuth2ErrorCode>, "message"}``.
+
+    ``AccessDeniedException``'s status follows its ``error`` at run time: 401 for
+    ``TOKEN_EXPIRED`` and ``AUTHCODE_EXPIRED``, 403 for ``USER_CREDENTIALS_CHANGED``
+    and ``INSUFFICIENT_PERMISSIONS``. A fault may name either a shape or one of
+    those four codes (``error_code="USER_CREDENTIALS_CHANGED"``).
+    """
+
+    STATUSES: ClassVar[dict[str, int]] = {
+        "ValidationException": 400,
+        "AccessDeniedException": 401,
+        "TooManyRequestsError": 429,  # "Error", not "Exception" (§11.2)
+        "InternalServerException": 500,
+    }
+    #: the ``error`` member each shape carries unless told otherwise
+    DEFAULT_ERRORS: ClassVar[dict[str, str]] = {
+        "ValidationException": "INVALID_REQUEST",
+        "AccessDeniedException": "TOKEN_EXPIRED",
+        "TooManyRequestsError": "INVALID_REQUEST",
+        "InternalServerException": "server_error",  # the only lower-case value
+    }
+    ACCESS_DENIED_STATUSES: ClassVar[dict[str, int]] = {
+        "TOKEN_EXPIRED": 401,
+        "AUTHCODE_EXPIRED": 401,
+        "USER_CREDENTIALS_CHANGED": 403,
+        "INSUFFICIENT_PERMISSIONS": 403,
+    }
+
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, error: str | None = None
+    ) -> None:
+        if code in self.ACCESS_DENIED_STATUSES:  # an OAuth2ErrorCode named as the code
+            code, error = "AccessDeniedException", code
+        shape_status = status if status is not None else self.STATUSES.get(code, 400)
+        fallback = "server_error" if shape_status >= 500 else "INVALID_REQUEST"
+        self.error = error or self.DEFAULT_ERRORS.get(code, fallback)
+        if status is None and code == "AccessDeniedException":
+            status = self.ACCESS_DENIED_STATUSES.get(self.error)
+        super().__init__(code, message, status=status)
+
+    @classmethod
+    def invalid_request(cls, message: str) -> SigninError:
+        return cls("ValidationException", message)
+
+    @classmethod
+    def access_denied(cls, error: str, message: str) -> SigninError:
+        return cls("AccessDeniedException", message, error=error)
+
+    @classmethod
+    def injected(cls, code: str | None, status: int | None, message: str | None) -> AwsError:
+        code = code or cls.DEFAULT_FAULT_CODE
+        if status is None and code not in cls.ACCESS_DENIED_STATUSES:
+            status = cls.STATUSES.get(code, 500)
+        return cls(code, message or "Injected fault", status=status)
+
+    def response(self, request_id: str) -> web.Response:
+        body = {"error": self.error, "message": self.message}
+        return _json_response(self.status, body, self.code)
 
 
 class StsError(AwsError):

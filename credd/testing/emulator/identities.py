@@ -5,7 +5,9 @@ GetCallerIdentity answers from a :class:`Principal` (protocols.md §5):
 * static IAM user keys: ``arn:aws:iam::ACCT:user/NAME``, user id ``AIDA…``;
 * SSO role credentials (GetRoleCredentials): the permission set's reserved role,
   ``arn:aws:sts::ACCT:assumed-role/AWSReservedSSO_ROLENAME_<16 hex>/USERNAME``;
-* AssumeRole results: ``arn:aws:sts::ACCT:assumed-role/ROLE/SESSIONNAME``.
+* AssumeRole results: ``arn:aws:sts::ACCT:assumed-role/ROLE/SESSIONNAME``;
+* AWS Sign-In (``aws login``) credentials: whoever signed in to the console, an
+  IAM user or an assumed-role session (:func:`console_principal`).
 
 Role sessions' user ids are ``<role id>:<session name>``; ids are derived
 deterministically so the same role always has the same ``AROA…`` id.
@@ -22,6 +24,14 @@ from typing import Final, Literal
 #: the role name is the last path element; paths are ``/a/b/`` (IAM API reference)
 ROLE_ARN_RE: Final = re.compile(
     r"arn:aws:iam::(?P<account>\d{12}):role/(?:[\w+=,.@-]+/)*(?P<name>[\w+=,.@-]{1,64})"
+)
+
+#: an IAM user's ARN without a path, as the Sign-In ``sub`` names it (protocols.md §4.2)
+USER_ARN_RE: Final = re.compile(r"arn:aws:iam::(?P<account>\d{12}):user/(?P<name>[\w+=,.@-]{1,64})")
+#: an assumed-role session: a console user who came in through federation
+SESSION_ARN_RE: Final = re.compile(
+    r"arn:aws:sts::(?P<account>\d{12}):assumed-role/(?P<role>[\w+=,.@-]{1,64})"
+    r"/(?P<session>[\w+=,.@-]{2,64})"
 )
 
 PrincipalKind = Literal["iam-user", "sso-role", "assumed-role"]
@@ -79,3 +89,13 @@ def assumed_role_session(role_arn: str, session_name: str) -> Principal:
         user_id=f"{stable_id('AROA', account_id, role_name)}:{session_name}",
         account_id=account_id,
     )
+
+
+def console_principal(arn: str) -> Principal:
+    """Who an ``aws login`` session belongs to: an IAM user or an assumed-role session ARN."""
+    if user := USER_ARN_RE.fullmatch(arn):
+        return iam_user(user["account"], user["name"])
+    if session := SESSION_ARN_RE.fullmatch(arn):
+        role_arn = f"arn:aws:iam::{session['account']}:role/{session['role']}"
+        return assumed_role_session(role_arn, session["session"])
+    raise ValueError(f"not an IAM user or assumed-role session ARN: {arn!r}")
