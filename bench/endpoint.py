@@ -19,8 +19,11 @@ Load comes from ``wrk`` when it is installed, else from an aiohttp client in a
 separate process (closed loop, N keep-alive connections, per-request latency).
 Both servers run alternately under the same load, at each connection count, and
 the table gives requests/s, p50 and p99 for each and the credd/floor throughput
-ratio, against the targets of issue 6. With two or more CPUs the servers are
-pinned to the first CPU and the load generator to the others (``--no-pin``).
+ratio, against the targets of issue 6, then the servers' CPU time per request
+and how busy the rest of the machine was during the runs (a noisy run says
+so). The scheduler places the processes, as it does for real SDK clients;
+``--pin`` puts the servers on the first CPU and the load on the others instead
+(on a small VM, cross-CPU wake-ups then cost more than they save).
 
 ``--uvloop`` repeats the whole run with both servers on uvloop and compares.
 credd itself is never changed for that: it is started through a launcher
@@ -50,6 +53,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -70,6 +74,8 @@ TARGET_RATIO_CONNECTIONS = 32
 #: issue 6: credd's p99 latency
 TARGET_P99_MS = 2.0
 PERCENTILES = (50, 75, 90, 99)
+#: CPUs busy outside the benchmark above which a run is reported as noisy
+NOISE_CPUS = 0.1
 PROFILE = "dev"
 SESSION = "my-sso"
 START_URL = "https://d-1234567890.awsapps.com/start"
@@ -136,10 +142,25 @@ class LoadResult:
     latency_ms: dict[int, float]
     #: answers that were not 2xx, plus connect/read/write/timeout errors
     failures: int
+    #: CPU seconds the server used during the run (all its threads)
+    server_cpu: float = 0.0
+    #: CPUs kept busy on average by processes outside this benchmark during the run
+    other_cpus: float = 0.0
+    #: CPUs taken on average by the hypervisor (steal time) during the run
+    steal_cpus: float = 0.0
 
     @property
     def p50(self) -> float:
         return self.latency_ms[50]
+
+    @property
+    def server_share(self) -> float:
+        """How much of one CPU the server used."""
+        return self.server_cpu / self.seconds if self.seconds else float("nan")
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.server_cpu / self.requests * 1e6 if self.requests else float("nan")
 
     @property
     def p99(self) -> float:
@@ -155,6 +176,12 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.credd.rps / self.floor.rps if self.floor.rps else float("nan")
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Floor CPU per request / credd CPU per request: what ``ratio`` tends to when
+        the server is the bottleneck, and less sensitive to other load on the machine."""
+        return self.floor.cpu_us_per_request / self.credd.cpu_us_per_request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +235,8 @@ class Processes:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=pin if pinned else None,  # noqa: PLW1509  # no threads here yet
+                # preexec_fn is unsafe only with threads; this process starts none
+                preexec_fn=pin if pinned else None,
             )
         finally:
             if not isinstance(out, int):
@@ -300,6 +328,7 @@ class Target:
     url: str
     token: str
     loop: str
+    pid: int
 
 
 class Bench:
@@ -365,12 +394,7 @@ class Bench:
         if status != 200 or b"AccessKeyId" not in body:
             raise BenchError(f"warm-up GET answered {status}\n{self.procs.log_tail(name)}")
         self.body_size = len(body)
-        return Target("credd", f"{url}/v1/credentials/{PROFILE}", token, kind)
-
-    @property
-    def credd_pid(self) -> int:
-        assert self._credd is not None
-        return self._credd.pid
+        return Target("credd", f"{url}/v1/credentials/{PROFILE}", token, kind, self._credd.pid)
 
     def _login(self) -> None:
         login = self.procs.start(
@@ -400,7 +424,7 @@ class Bench:
         status, body = http_get(f"{url}/v1/credentials/{PROFILE}", token)
         if status != 200 or len(body) != self.body_size:
             raise BenchError(f"the floor answered {status} with {len(body)} bytes")
-        return Target("floor", f"{url}/v1/credentials/{PROFILE}", token, kind)
+        return Target("floor", f"{url}/v1/credentials/{PROFILE}", token, kind, self._floor.pid)
 
 
 def http_get(url: str, token: str) -> tuple[int, bytes]:
@@ -419,8 +443,11 @@ def http_get(url: str, token: str) -> tuple[int, bytes]:
 class Load:
     """One way of putting load on a URL: wrk, or the aiohttp client in a process."""
 
-    def __init__(self, procs: Processes, cpus: set[int] | None, threads: int, use_wrk: bool):
+    def __init__(
+        self, procs: Processes, files: Path, cpus: set[int] | None, threads: int, use_wrk: bool
+    ) -> None:
         self._procs = procs
+        self._files = files
         self._cpus = cpus
         self._threads = threads
         self.wrk = shutil.which("wrk") if use_wrk else None
@@ -432,9 +459,17 @@ class Load:
                 [self.wrk, "-v"], capture_output=True, text=True, check=False
             ).stdout.split()
             shown = version[1] if len(version) > 1 else "?"
-            return f"wrk {shown}, {self._threads} thread(s), --latency"
+            return f"wrk {shown}, {self._threads} thread(s), --latency, token set by a Lua script"
         loop = "uvloop" if _has_uvloop() else "asyncio"
         return f"aiohttp client process ({loop}, closed loop, one task per connection)"
+
+    def _wrk_script(self, target: Target) -> Path:
+        """Sets the token header (kept out of argv, where ``ps`` would show it)."""
+        path = self._files / f"wrk-{target.name}.lua"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as script:
+            script.write(f'wrk.headers["Authorization"] = {json.dumps(target.token)}\n')
+        return path
 
     def run(self, target: Target, connections: int, seconds: float) -> LoadResult:
         self.runs += 1
@@ -449,16 +484,18 @@ class Load:
                 "--latency",
                 "--timeout",
                 "10s",
-                "-H",
-                f"Authorization: {target.token}",
+                "--script",
+                str(self._wrk_script(target)),
                 target.url,
             ]
         else:
             argv = [sys.executable, __file__, "--load-client", target.url, str(connections)]
             argv += ["--duration", f"{seconds:g}"]
+        before = CpuSnapshot.take(target.pid)
         proc = self._procs.start(name, argv, env, cpus=self._cpus, capture=True)
         try:
             out, _ = proc.communicate(timeout=seconds + 60)
+            after = CpuSnapshot.take(target.pid)
         except subprocess.TimeoutExpired as exc:
             raise BenchError(
                 f"the load generator did not finish ({' '.join(argv[:3])} ...)"
@@ -466,9 +503,57 @@ class Load:
         finally:
             self._procs.stop(proc)
         text = out.decode(errors="replace")
+        (self._files / "logs" / f"{name}.out").write_text(text)
         if proc.returncode != 0:
             raise BenchError(f"load generator failed ({proc.returncode}): {text[-500:]}")
-        return parse_wrk(text) if self.wrk else LoadResult(**_result_fields(json.loads(text)))
+        result = parse_wrk(text) if self.wrk else LoadResult(**_result_fields(json.loads(text)))
+        return after.account(before, result)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time so far: the machine's, the server's, this process's and its reaped children's.
+
+    What the machine spent beyond the server, the load generator (a reaped
+    child by the second snapshot) and this process was spent by someone else:
+    a run with much of that is a noisy run. Interrupt time is left out on both
+    sides (loopback traffic is partly accounted there).
+    """
+
+    wall: float
+    busy: float
+    steal: float
+    server: float
+    ours: float
+
+    @staticmethod
+    def take(server_pid: int) -> CpuSnapshot:
+        tick = os.sysconf("SC_CLK_TCK")
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system = (int(v) for v in fields[:3])
+        steal = int(fields[7]) if len(fields) > 7 else 0
+        stat = Path(f"/proc/{server_pid}/stat").read_text()
+        utime, stime = (int(v) for v in stat.rpartition(")")[2].split()[11:13])
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return CpuSnapshot(
+            wall=time.monotonic(),
+            busy=(user + nice + system) / tick,
+            steal=steal / tick,
+            server=(utime + stime) / tick,
+            ours=me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime,
+        )
+
+    def account(self, before: CpuSnapshot, result: LoadResult) -> LoadResult:
+        wall = self.wall - before.wall
+        server = self.server - before.server
+        others = (self.busy - before.busy) - server - (self.ours - before.ours)
+        return dataclasses.replace(
+            result,
+            server_cpu=server,
+            other_cpus=max(0.0, others / wall),
+            steal_cpus=(self.steal - before.steal) / wall,
+        )
 
 
 def _result_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -656,13 +741,15 @@ def profile_credd(bench: Bench, load: Load, seconds: float, out_dir: Path) -> st
     if spy is None:
         return "profile: py-spy is not installed (pip install py-spy); skipped"
     credd = bench.start_credd("asyncio")
-    pid = bench.credd_pid
+    pid = credd.pid
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / "credd-profile.txt"
     record = bench.procs.start(
         "py-spy",
-        [spy, "record", "--pid", str(pid), "--rate", "500", "--duration", f"{seconds:g}"]
-        + ["--format", "raw", "--nonblocking", "--output", str(raw)],
+        [
+            *(spy, "record", "--pid", str(pid), "--rate", "500", "--duration", f"{seconds:g}"),
+            *("--format", "raw", "--output", str(raw)),
+        ],
         os.environ.copy(),
     )
     time.sleep(0.5)
@@ -677,15 +764,21 @@ def profile_credd(bench: Bench, load: Load, seconds: float, out_dir: Path) -> st
 
 
 def summarize_profile(raw: Path, top: int = 22) -> str:
-    """py-spy's collapsed stacks: samples by leaf function (own time) and by module."""
+    """py-spy's collapsed stacks of the event loop's thread: own and inclusive time.
+
+    Other threads (anyio's and the executor's idle workers) are counted apart.
+    """
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = elsewhere = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        if "credd/cli.py" not in stack:  # not under credd.cli.main: another thread
+            elsewhere += count
+            continue
         total += count
         frames = [_short_frame(f) for f in stack.split(";")]
         own[frames[-1]] += count
@@ -693,10 +786,15 @@ def summarize_profile(raw: Path, top: int = 22) -> str:
             inclusive[frame] += count
     if not total:
         return "profile: no samples"
-    lines = [f"profile of credd at {TARGET_RATIO_CONNECTIONS} connections ({total} samples):"]
+    lines = [
+        f"profile of credd at {TARGET_RATIO_CONNECTIONS} connections: {total} samples of the "
+        f"event loop's thread ({elsewhere} more in other threads, left out)"
+    ]
     lines.append("  own time (leaf function):")
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
-    credd_frames = [(k, v) for k, v in inclusive.most_common() if "credd/" in k]
+    credd_frames = [
+        (k, v) for k, v in inclusive.most_common() if "credd/" in k and "credd/cli.py" not in k
+    ]
     lines.append("  inclusive time of credd's own functions:")
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in credd_frames[:12]]
     lines.append(f"  raw collapsed stacks: {raw}")
@@ -742,7 +840,7 @@ def machine_facts(load: Load, pinned: tuple[set[int], set[int]] | None) -> list[
     )
     return [
         f"machine   nproc {os.cpu_count()} (usable: {_cpus(set(cpus))}), {model}, "
-        f"{platform.system()} {platform.release()}",
+        f"{platform.system()} {platform.release()}, load average %.2f %.2f %.2f" % os.getloadavg(),
         f"python    {platform.python_version()} ({sys.executable})",
         f"aiohttp   {aiohttp.__version__} ({c_parser} HTTP parser); {uvloop}",
         f"load      {load.describe()}",
@@ -777,7 +875,32 @@ def format_table(mode: ModeResult) -> list[str]:
                     f"  WARNING: {name} at {row.connections} connection(s): "
                     f"{result.failures} failed or non-2xx answers; its figures are not valid"
                 )
-    return lines + notes
+    lines += notes
+    lines.append("")
+    head = (
+        f"{'conns':>5} | {'credd CPU':>9} {'us/req':>7} | {'floor CPU':>9} {'us/req':>7} | "
+        f"{'credd extra':>11} {'floor/credd':>11} | {'busy elsewhere':>14} {'steal':>6}"
+    )
+    lines += ["server CPU (share of one core) and CPU time per request:", head, "-" * len(head)]
+    noisy = False
+    for row in mode.rows:
+        c, f = row.credd, row.floor
+        elsewhere = max(c.other_cpus, f.other_cpus)
+        steal = max(c.steal_cpus, f.steal_cpus)
+        noisy = noisy or elsewhere + steal > NOISE_CPUS
+        lines.append(
+            f"{row.connections:>5} | {c.server_share:>9.0%} {c.cpu_us_per_request:>7.1f} | "
+            f"{f.server_share:>9.0%} {f.cpu_us_per_request:>7.1f} | "
+            f"{c.cpu_us_per_request - f.cpu_us_per_request:>+8.1f} us "
+            f"{row.cpu_ratio:>11.2f} | "
+            f"{elsewhere:>9.2f} CPUs {steal:>6.2f}"
+        )
+    if noisy:
+        lines.append(
+            f"  WARNING: other processes used more than {NOISE_CPUS:.2f} CPUs during some runs; "
+            "figures are noisy, run again on a quiet machine (or with --rounds 3)"
+        )
+    return lines
 
 
 def format_targets(mode: ModeResult) -> list[str]:
@@ -790,7 +913,8 @@ def format_targets(mode: ModeResult) -> list[str]:
         ratio = at[0].ratio
         lines.append(
             f"  credd/floor >= {TARGET_RATIO:.2f} at {TARGET_RATIO_CONNECTIONS} connections: "
-            f"{ratio:.2f} -> {verdict(ratio >= TARGET_RATIO)}"
+            f"{ratio:.3f} -> {verdict(ratio >= TARGET_RATIO)}"
+            f"   (CPU per request, floor/credd: {at[0].cpu_ratio:.2f})"
         )
     else:
         lines.append(
@@ -874,7 +998,9 @@ def _parser() -> argparse.ArgumentParser:
         "--no-wrk", dest="wrk", action="store_false", help="use the aiohttp load client"
     )
     parser.add_argument(
-        "--no-pin", dest="pin", action="store_false", help="do not pin servers and load to CPUs"
+        "--pin",
+        action="store_true",
+        help="pin the servers to the first CPU and the load generator to the others",
     )
     parser.add_argument(
         "--profile", action="store_true", help="one more run with py-spy sampling credd"
@@ -919,10 +1045,11 @@ def bench_main(args: argparse.Namespace) -> int:
     logs = root / "logs"
     logs.mkdir()
     procs = Processes(logs, pinned[0] if pinned else None)
-    load = Load(procs, pinned[1] if pinned else None, args.threads, args.wrk)
+    load = Load(procs, root, pinned[1] if pinned else None, args.threads, args.wrk)
     if args.wrk and load.wrk is None:
         _progress("wrk not found (apt-get install wrk); using the aiohttp load client instead")
     report: list[str] = []
+    profile: str | None = None
     try:
         with _sigterm_as_interrupt():
             bench = Bench(root, procs)
@@ -946,7 +1073,7 @@ def bench_main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
         procs.stop_all()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if not args.keep and not args.profile:
+        if not args.keep and profile is None:  # a profile's raw stacks are kept
             shutil.rmtree(root, ignore_errors=True)
 
     report.append(
@@ -968,7 +1095,7 @@ def bench_main(args: argparse.Namespace) -> int:
     if profile:
         report.append("")
         report.append(profile)
-    if args.keep or args.profile:
+    if args.keep or profile is not None:
         report.append(f"\nlogs and files kept in {root}")
     print("\n".join(report))
     return 0

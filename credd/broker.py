@@ -95,7 +95,8 @@ class _Keeper:
         self.prefetch = prefetch
         self.fetcher: Fetcher | None = None
         self.flight: SingleFlight[RoleCredentials] | None = None
-        self.creds: RoleCredentials | None = None
+        self._creds: RoleCredentials | None = None
+        self._serve_until: datetime | None = None
         self.last_used: datetime | None = None
         self.problem: CreddError | None = None
         self.failures = 0
@@ -109,11 +110,21 @@ class _Keeper:
         if self.scope is not None:
             self.scope.cancel()
 
+    @property
+    def creds(self) -> RoleCredentials | None:
+        return self._creds
+
+    @creds.setter
+    def creds(self, creds: RoleCredentials | None) -> None:
+        self._creds = creds
+        # worked out once per set of credentials, not once per request
+        self._serve_until = (
+            creds.expiration - timedelta(seconds=MIN_SERVE_SECONDS) if creds else None
+        )
+
     def usable(self, now: datetime) -> RoleCredentials | None:
-        creds = self.creds
-        if creds is not None and creds.expiration - now > timedelta(seconds=MIN_SERVE_SECONDS):
-            return creds
-        return None
+        until = self._serve_until
+        return self._creds if until is not None and now < until else None
 
 
 class Broker:

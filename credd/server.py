@@ -8,6 +8,7 @@ pair, JS the second: protocols.md 8.2, 8.3).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -41,8 +42,13 @@ def _json(document: Mapping[str, Any]) -> web.Response:
     return web.Response(body=json.dumps(document), content_type="application/json")
 
 
+@functools.lru_cache(maxsize=256)
 def _loopback_host(host: str) -> bool:
-    """Is the ``Host`` header a loopback name or address (with any port)?"""
+    """Is the ``Host`` header a loopback name or address (with any port)?
+
+    Cached: every SDK sends the same few Host values, and parsing an address
+    is a good share of a request's cost (bench/endpoint.py --profile).
+    """
     if host.startswith("["):
         name = host[1 : host.find("]")] if "]" in host else ""
     else:
