@@ -454,17 +454,19 @@ async def test_refresh_needs_a_live_registration(
         await refresh(oidc, reg, tokens.refresh_token)
 
 
-# -- CreateTokenWithIAM (not yet) ---------------------------------------------------
+# -- CreateTokenWithIAM (tests/testing/test_emulator_iam_token.py) ------------------
 
 
-async def test_create_token_with_iam_is_routed_and_refused(emu: Emulator) -> None:
+async def test_create_token_with_iam_is_routed_on_the_query_string(emu: Emulator) -> None:
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{emu.url}/token?aws_iam=t", json={"clientId": "x"}) as response,
     ):
-        assert response.status == 400
-        assert response.headers["x-amzn-ErrorType"].startswith("InvalidRequestException:")
-        assert (await response.json())["error"] == "invalid_request"
+        # Unsigned: refused by the SigV4 front door before any grant is looked at.
+        assert response.status == 403
+        assert response.headers["x-amzn-ErrorType"].startswith(
+            "MissingAuthenticationTokenException:"
+        )
     assert emu.calls["CreateTokenWithIAM"] == 1
     assert emu.calls["CreateToken"] == 0
 

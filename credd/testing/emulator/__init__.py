@@ -10,6 +10,8 @@ AWS would, so credd's tests fail where AWS would fail::
 Module map: :mod:`.config` (settings, directory), :mod:`.state` (what was
 issued), :mod:`.identities` (ARNs), :mod:`.oauth` (OAuth rules),
 :mod:`.oidc`, :mod:`.consent`, :mod:`.portal`, :mod:`.sts` (the services),
+:mod:`.iam_token` (CreateTokenWithIAM), :mod:`.identity_center` (its applications
+and trusted token issuers), :mod:`.issuer` (the hosted test token issuer, JWTs),
 :mod:`.sigv4` (signature verification), :mod:`.errors` (error responses),
 :mod:`.faults` (fault injection), :mod:`.operations` (per-request plumbing),
 :mod:`.control` (``/_emulator`` HTTP controls), :mod:`.app` (:class:`Emulator`),
@@ -27,17 +29,23 @@ from .config import (
     default_directory,
 )
 from .faults import Fault, FaultPlan
+from .identity_center import Application, IdentityCenter, TrustedTokenIssuer
+from .issuer import TokenIssuer
 
 __all__ = [
     "DEFAULT_START_URL",
     "AccessKey",
     "Account",
+    "Application",
     "AssumableRole",
     "Directory",
     "Emulator",
     "EmulatorConfig",
     "Fault",
     "FaultPlan",
+    "IdentityCenter",
+    "TokenIssuer",
+    "TrustedTokenIssuer",
     "User",
     "default_directory",
 ]

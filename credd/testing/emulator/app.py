@@ -28,10 +28,12 @@ from .consent import ConsentPages, decide_device
 from .control import control_routes
 from .errors import ERROR_TYPE_HEADER
 from .faults import FaultPlan
+from .issuer import TokenIssuer
 from .oidc import OidcService
 from .operations import Operation, Service, request_ids
 from .portal import PortalService
 from .runtime import Runtime
+from .signin import SigninService
 from .state import State
 from .sts import StsService
 
@@ -67,11 +69,13 @@ class Emulator:
             config=config or EmulatorConfig(),
             directory=directory or default_directory(),
         )
+        self._issuer = TokenIssuer(self._rt.clock)
         self._services: tuple[Service, ...] = (
-            OidcService(self._rt),
+            OidcService(self._rt, self._issuer),
             ConsentPages(self._rt),
             PortalService(self._rt),
             StsService(self._rt),
+            SigninService(self._rt),
         )
         self._rt.faults.allow(op.name for op in self.operations)
         self._runner: web.AppRunner | None = None
@@ -113,6 +117,11 @@ class Emulator:
         return self._rt.faults
 
     @property
+    def issuer(self) -> TokenIssuer:
+        """The trusted token issuer it hosts: ``mint(sub=...)`` makes jwt-bearer assertions."""
+        return self._issuer
+
+    @property
     def state(self) -> State:
         """Everything issued so far; for assertions, not for changing."""
         return self._rt.state
@@ -143,6 +152,21 @@ class Emulator:
     def expire_refresh_tokens(self) -> None:
         """Every session ends now for refreshing; issued access tokens run their course."""
         self._rt.state.expire_refresh_tokens(self._rt.now())
+
+    def signin_change_user_credentials(self) -> int:
+        """The Sign-In user changes their password: live ``aws login`` sessions stop refreshing.
+
+        Their next refresh gets 403 ``USER_CREDENTIALS_CHANGED``; returns how many sessions.
+        """
+        return self._rt.state.signin.change_user_credentials()
+
+    def signin_deny_permission(self, denied: bool = True) -> None:
+        """Take away (or give back) the Sign-In user's ``aws login`` permission.
+
+        While denied, both grants of CreateOAuth2Token get 403 ``INSUFFICIENT_PERMISSIONS``;
+        the same as setting ``config.signin_permission``.
+        """
+        self._rt.config.update({"signin_permission": not denied})
 
     def create_access_key(
         self, user_name: str = "ci", account_id: str = "111111111111"

@@ -7,7 +7,9 @@ the three spellings cannot drift apart.
 
 :class:`Directory` is the frozen world behind the services: who signs in, which
 accounts and permission sets (roles) each user is assigned in IAM Identity
-Center, which start URLs are accepted, and which roles STS AssumeRole may enter.
+Center, which start URLs are accepted, which roles STS AssumeRole may enter,
+and the Identity Center instance behind CreateTokenWithIAM
+(:mod:`.identity_center`: applications, trusted token issuers).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, cast
+
+from .identity_center import IdentityCenter
 
 DEFAULT_START_URL: Final = "https://d-1234567890.awsapps.com/start"
 DAY: Final = 86_400
@@ -68,6 +72,12 @@ class EmulatorConfig:
         300, "SigV4 X-Amz-Date tolerance (AWS: 5 min); none: unchecked", minimum=0, optional=True
     )
     auto_approve: bool = _knob(True, "the browser user approves (/authorize, /device)")
+    iam_token_ttl: int = _knob(
+        3600, "CreateTokenWithIAM access token and identity context lifetime"
+    )
+    iam_refresh_token_ttl: int = _knob(
+        90 * DAY, "lifetime of a CreateTokenWithIAM session; its refresh tokens die with it"
+    )
     # AWS Sign-In (``aws login``, protocols.md §4)
     signin_credentials_ttl: int = _knob(
         900, "Sign-In credential lifetime (CreateOAuth2Token expiresIn, at most 900)", maximum=900
@@ -152,6 +162,8 @@ class User:
 
     name: str
     assignments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: what a trusted token issuer's assertion may name the user by (``emails.value``)
+    email: str | None = None
 
     def roles_in(self, account_id: str) -> tuple[str, ...]:
         return self.assignments.get(account_id, ())
@@ -164,6 +176,8 @@ class AssumableRole:
     arn: str
     external_id: str | None = None
     max_session_duration: int = 43_200
+    #: whether the trust policy allows ``sts:SetContext`` (AssumeRole with ProvidedContexts, §5)
+    allows_set_context: bool = True
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,8 @@ class Directory:
     roles: tuple[AssumableRole, ...] = ()
     #: whether any other ``arn:aws:iam::<12 digits>:role/<name>`` may be assumed too
     allow_any_role: bool = True
+    #: the instance behind CreateTokenWithIAM: applications, trusted token issuers
+    identity_center: IdentityCenter = field(default_factory=IdentityCenter)
     #: who signs in to the console for ``aws login`` (AWS Sign-In): the idToken ``sub``
     #: and the principal of the credentials; an IAM user or an assumed-role session ARN
     signin_principal: str = "arn:aws:iam::111111111111:user/alice"
@@ -200,7 +216,7 @@ class Directory:
 
 
 def default_directory() -> Directory:
-    """``alice``: ReadOnly and Admin in 111111111111, Admin in 222222222222."""
+    """``alice`` (alice@example.com): ReadOnly and Admin in 111111111111, Admin in 222222222222."""
     return Directory(
         accounts=(
             Account("111111111111", "Development", "dev@example.com"),
@@ -210,6 +226,7 @@ def default_directory() -> Directory:
             User(
                 "alice",
                 {"111111111111": ("ReadOnly", "Admin"), "222222222222": ("Admin",)},
+                email="alice@example.com",
             ),
         ),
         default_user="alice",

@@ -8,7 +8,8 @@ about the client or its redirect URI get a 400 page and never a redirect
 behind ``verificationUriComplete``: visiting it approves the code for the
 directory's default user, or denies it with ``&deny=1``. Whether the user
 approves is ``config.auto_approve``. :func:`decide_device` is the same decision
-for the Python API.
+for the Python API. An application ARN is a ``client_id`` too: its code is for
+CreateTokenWithIAM (§2.2), with the application's redirect URIs and scopes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from . import oauth
 from .errors import PageError, html_page
+from .iam_token import application_registration
 from .operations import Operation, endpoint
 from .runtime import Runtime
 from .state import AuthCode, DeviceGrant, Registration
@@ -86,6 +88,10 @@ class ConsentPages:
         return _redirect(redirect_uri, {"code": code}, state)
 
     def _client(self, client_id: str) -> Registration:
+        application = self._rt.directory.identity_center.application(client_id)
+        if application is not None:
+            # CreateTokenWithIAM's authorization code grant: the client is an application.
+            return application_registration(application, self._rt.now())
         registration = self._rt.state.registrations.get(client_id)
         if registration is None:
             raise PageError("InvalidClient", "Unknown client_id")

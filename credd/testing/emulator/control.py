@@ -11,6 +11,9 @@ authentication: the emulator only ever listens on a loopback address.
 * ``POST /_emulator/expire-refresh-tokens``
 * ``POST /_emulator/devices/{user_code}/approve`` and ``…/deny``
 * ``POST /_emulator/access-keys`` ``{"user_name", "account_id"}``: static IAM keys
+* ``POST /_emulator/issuer/mint`` ``{"sub", "aud", "lifetime"}`` (all optional):
+  ``{"assertion"}``, a JWT of the hosted trusted token issuer; ``GET
+  /_emulator/issuer`` its ``iss``, default ``aud`` and JWK Set
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from .issuer import DEFAULT_SUBJECT
 
 if TYPE_CHECKING:
     from .app import Emulator
@@ -104,6 +109,29 @@ def control_routes(emulator: Emulator) -> list[web.RouteDef]:
             "Arn": key.arn,
         }
 
+    async def mint(request: web.Request) -> object:
+        spec = await _json(request) if request.can_read_body else {}
+        if not isinstance(spec, dict) or not set(spec) <= {"sub", "aud", "lifetime"}:
+            raise ControlError("expected an object with sub, aud and/or lifetime")
+        sub, aud, lifetime = spec.get("sub"), spec.get("aud"), spec.get("lifetime", 300)
+        if (
+            not isinstance(sub, str | None)
+            or not isinstance(aud, str | None)
+            or isinstance(lifetime, bool)
+            or not isinstance(lifetime, int)
+        ):
+            raise ControlError("sub and aud are strings, lifetime an integer number of seconds")
+        minted = emulator.issuer.mint(sub or DEFAULT_SUBJECT, aud=aud, lifetime=lifetime)
+        return {"assertion": minted}
+
+    async def issuer(_: web.Request) -> object:
+        token_issuer = emulator.issuer
+        return {
+            "issuer": token_issuer.url,
+            "audience": token_issuer.audience,
+            "jwks": token_issuer.jwks(),
+        }
+
     return [
         web.get("/_emulator/calls", guarded(calls)),
         web.delete("/_emulator/calls", guarded(clear_calls)),
@@ -116,6 +144,8 @@ def control_routes(emulator: Emulator) -> list[web.RouteDef]:
         web.post("/_emulator/expire-refresh-tokens", guarded(expire_refresh_tokens)),
         web.post(r"/_emulator/devices/{user_code}/{decision:approve|deny}", guarded(decide)),
         web.post("/_emulator/access-keys", guarded(access_key)),
+        web.post("/_emulator/issuer/mint", guarded(mint)),
+        web.get("/_emulator/issuer", guarded(issuer)),
     ]
 
 

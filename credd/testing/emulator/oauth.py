@@ -1,6 +1,6 @@
 """OAuth 2.0 rules shared by the sso-oidc API and its browser pages.
 
-Grant type strings (protocols.md §2.2), loopback redirect URIs (RFC 8252 §7.3:
+Grant type and token type strings (protocols.md §2.2), loopback redirect URIs (RFC 8252 §7.3:
 a redirect to ``127.0.0.1`` on any port matches a registration without port,
 because the client picks its port at login time), and PKCE S256 (RFC 7636
 §4.2; protocols.md §2.5).
@@ -21,6 +21,16 @@ GRANT_TYPES: Final = frozenset({DEVICE_CODE_GRANT, AUTH_CODE_GRANT, REFRESH_GRAN
 #: what a client registered without ``grantTypes`` may do: the CLI's device flow
 #: registration sends none and still refreshes (protocols.md §2.2, §7.1)
 DEFAULT_GRANT_TYPES: Final = frozenset({DEVICE_CODE_GRANT, REFRESH_GRANT})
+
+#: CreateTokenWithIAM's own grants (protocols.md §2.2; RFC 7523, RFC 8693)
+JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+IAM_GRANT_TYPES: Final = frozenset(
+    {AUTH_CODE_GRANT, REFRESH_GRANT, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT}
+)
+#: RFC 8693 §3 token type URIs, as ``subjectTokenType``/``requestedTokenType``/``issuedTokenType``
+ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
+REFRESH_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:refresh_token"
 
 #: RFC 7636 §4.2: base64url(SHA-256) without padding is always 43 characters
 CODE_CHALLENGE_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")

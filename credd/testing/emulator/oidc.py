@@ -4,8 +4,8 @@
 (StartDeviceAuthorization) and ``POST /token`` (CreateToken with the device
 code, authorization code + PKCE and refresh token grants). ``POST
 /token?aws_iam=t`` is CreateTokenWithIAM, routed on the query string as AWS
-does (§2.2, §11.3) and refused for now. The browser half of the flows lives in
-:mod:`.consent`.
+does (§2.2, §11.3) and served by :mod:`.iam_token`. The browser half of the
+flows lives in :mod:`.consent`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from credd.secret import Secret
 
 from . import oauth
 from .errors import OidcError
+from .iam_token import IamTokenService
 from .inputs import JsonInput
+from .issuer import TokenIssuer
 from .operations import Operation, endpoint, invoke, json_ok
 from .runtime import Runtime
 from .state import DeviceGrant, Registration, SsoSession, TokenSet, new_user_code, opaque
@@ -35,15 +37,16 @@ def _invalid_request(message: str) -> OidcError:
 
 
 class OidcService:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, token_issuer: TokenIssuer) -> None:
         self._rt = runtime
+        self._iam = IamTokenService(runtime, token_issuer)
         self.register_client = Operation("RegisterClient", OidcError, self._register_client)
         self.start_device_authorization = Operation(
             "StartDeviceAuthorization", OidcError, self._start_device_authorization
         )
         self.create_token = Operation("CreateToken", OidcError, self._create_token)
         self.create_token_with_iam = Operation(
-            "CreateTokenWithIAM", OidcError, self._create_token_with_iam
+            "CreateTokenWithIAM", OidcError, self._iam.create_token_with_iam
         )
 
     @property
@@ -265,12 +268,6 @@ class OidcService:
             with_refresh_token=bool(registration.scopes)
             and oauth.REFRESH_GRANT in registration.grant_types,
         )
-
-    # CreateTokenWithIAM -----------------------------------------------------
-
-    async def _create_token_with_iam(self, request: web.Request) -> web.StreamResponse:
-        # Later: SigV4 (service sso-oauth, sigv4.authenticate) and the grants of §2.2.
-        raise _invalid_request("CreateTokenWithIAM is not supported by this emulator yet")
 
     # shared -----------------------------------------------------------------
 

@@ -1,8 +1,12 @@
 """The emulator's memory: everything it has issued, and the few transitions on it.
 
 Client registrations, device codes, authorization codes, sign-in sessions with
-their access and refresh tokens, and every IAM credential handed out (SSO role
-credentials, AssumeRole results, static IAM user keys). Services validate a
+their access and refresh tokens, every IAM credential handed out (SSO role
+credentials, AssumeRole results, static IAM user keys, AWS Sign-In credentials)
+and AWS Sign-In's own codes, DPoP-bound sessions and spent proof ids
+(:class:`SigninState`), and how CreateTokenWithIAM sessions began and the
+identity contexts they carried (:class:`IamTokenState`; the sessions and
+tokens themselves are ordinary sign-in sessions). Services validate a
 request, then call one synchronous method here; nothing awaits between a check
 and the state change that follows it, so concurrent requests can never spend a
 code or a refresh token twice.
@@ -143,6 +147,8 @@ class TemporaryCredentials:
     session_token: Secret
     expires_at: datetime
     principal: Principal
+    #: set for identity-enhanced role sessions (AssumeRole with ProvidedContexts, §5)
+    identity_context: IdentityContext | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,152 @@ class LiveToken:
     session: SsoSession
 
 
+# -- AWS Sign-In (``aws login``, protocols.md §4) -------------------------------
+
+
+@dataclass
+class SigninCode:
+    """One ``/v1/authorize`` success, redeemable once by CreateOAuth2Token."""
+
+    client_id: str
+    redirect_uri: str
+    #: base64url(SHA-256(verifier)) without padding (``code_challenge_method=SHA-256``)
+    code_challenge: str
+    principal: Principal
+    expires_at: datetime
+    redeemed: bool = False
+    #: the session the code was redeemed into: revoked if the code is replayed
+    session_id: str | None = None
+
+
+@dataclass
+class SigninSession:
+    """One ``aws login``: its refresh tokens are bound to one DPoP key (RFC 9449 §5)."""
+
+    session_id: str
+    client_id: str
+    principal: Principal
+    #: RFC 7638 thumbprint of the DPoP key presented at code redemption (``cnf.jkt``)
+    jkt: str
+    #: refreshing fails with ``TOKEN_EXPIRED`` from this instant on
+    expires_at: datetime
+    #: the one refresh token that currently works
+    refresh_token: Secret | None = None
+    revoked: bool = False
+    #: the user's password or keys changed: refreshing fails with USER_CREDENTIALS_CHANGED
+    credentials_changed: bool = False
+
+
+@dataclass(repr=False)  # its keys are live codes and refresh tokens
+class SigninState:
+    codes: dict[str, SigninCode] = field(default_factory=dict)
+    sessions: dict[str, SigninSession] = field(default_factory=dict)
+    #: every refresh token ever issued -> session id; only ``session.refresh_token`` works,
+    #: but a rotated one is still recognised (and refused as used)
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
+    #: DPoP proof ids (``jti``) seen -> the proof's ``iat``
+    proof_ids: dict[str, datetime] = field(default_factory=dict)
+
+    def add_code(self, code: SigninCode) -> str:
+        value = opaque("sac-", 32)
+        self.codes[value] = code
+        return value
+
+    def open_session(
+        self, *, client_id: str, principal: Principal, jkt: str, now: datetime, ttl: int
+    ) -> tuple[SigninSession, Secret]:
+        """A new session and its first refresh token."""
+        session = SigninSession(
+            session_id=opaque("signin-", 12),
+            client_id=client_id,
+            principal=principal,
+            jkt=jkt,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+        self.sessions[session.session_id] = session
+        return session, self.rotate_refresh_token(session)
+
+    def session_of_refresh_token(self, refresh_token: str) -> SigninSession | None:
+        session_id = self.refresh_tokens.get(refresh_token)
+        return None if session_id is None else self.sessions.get(session_id)
+
+    def rotate_refresh_token(self, session: SigninSession) -> Secret:
+        """A new refresh token for ``session``; the one before it stops working."""
+        value = opaque("srt-", 64)
+        self.refresh_tokens[value] = session.session_id
+        session.refresh_token = Secret(value)
+        return session.refresh_token
+
+    def spend_proof_id(self, jti: str, iat: datetime, now: datetime, window: timedelta) -> bool:
+        """Remember ``jti``; ``False`` if it was seen before (a replayed proof).
+
+        Ids whose proofs are too old to be accepted anyway are forgotten.
+        """
+        self.proof_ids = {k: v for k, v in self.proof_ids.items() if v >= now - window}
+        if jti in self.proof_ids:
+            return False
+        self.proof_ids[jti] = iat
+        return True
+
+    def revoke_sessions(self) -> int:
+        live = [s for s in self.sessions.values() if not s.revoked]
+        for session in live:
+            session.revoked = True
+        return len(live)
+
+    def expire_sessions(self, now: datetime) -> None:
+        for session in self.sessions.values():
+            session.expires_at = min(session.expires_at, now)
+
+    def change_user_credentials(self) -> int:
+        """The user changed their password or keys: every live session is refused."""
+        live = [s for s in self.sessions.values() if not s.revoked]
+        for session in live:
+            session.credentials_changed = True
+        return len(live)
+
+
+# -- trusted identity propagation (CreateTokenWithIAM, protocols.md §2.2, §5) --
+
+
+@dataclass(frozen=True)
+class IdentityContext:
+    """Whom an ``sts:identity_context`` assertion vouches for, and until when."""
+
+    #: the directory user's name and Identity Store user id (the idToken ``sub``)
+    user: str
+    user_id: str
+    identity_store_arn: str
+    #: the application whose token carried it
+    application_arn: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class IamSessionStart:
+    """How a CreateTokenWithIAM session began; its refreshed idTokens keep saying so."""
+
+    grant_type: str
+    authenticated_at: datetime
+    #: the idToken ``act`` subject: the trusted token issuer of a jwt-bearer grant
+    actor: str | None = None
+
+
+@dataclass(repr=False)  # its keys are identity context assertions
+class IamTokenState:
+    #: session id (the sessions live in :attr:`State.sessions`) -> how it began
+    session_starts: dict[str, IamSessionStart] = field(default_factory=dict)
+    #: every identity context assertion issued, expired ones included
+    identity_contexts: dict[str, IdentityContext] = field(default_factory=dict)
+
+    def add_identity_context(self, context: IdentityContext) -> str:
+        # STS-signed and encrypted on AWS; opaque here, within the 4-2048 characters
+        # that AssumeRole's ContextAssertion allows.
+        value = opaque("AQoJYXdzEJr", 600)
+        self.identity_contexts[value] = context
+        return value
+
+
 # -- the store -----------------------------------------------------------------
 
 
@@ -180,6 +332,10 @@ class State:
     refresh_tokens: dict[str, str] = field(default_factory=dict)
     #: access key id -> credentials
     credentials: dict[str, IssuedCredentials] = field(default_factory=dict)
+    #: AWS Sign-In (``aws login``)
+    signin: SigninState = field(default_factory=SigninState)
+    #: CreateTokenWithIAM's sessions and identity contexts
+    iam: IamTokenState = field(default_factory=IamTokenState)
 
     # sso-oidc ---------------------------------------------------------------
 
@@ -245,12 +401,13 @@ class State:
         live = [s for s in self.sessions.values() if not s.revoked]
         for session in live:
             self.revoke_session(session)
-        return len(live)
+        return len(live) + self.signin.revoke_sessions()
 
     def expire_refresh_tokens(self, now: datetime) -> None:
         """Every session ends now for refreshing; issued access tokens run their course."""
         for session in self.sessions.values():
             session.expires_at = min(session.expires_at, now)
+        self.signin.expire_sessions(now)
 
     def _new_refresh_token(self, session: SsoSession) -> Secret:
         value = opaque("aor-", 48)
@@ -272,13 +429,19 @@ class State:
 
     # IAM credentials --------------------------------------------------------
 
-    def issue_credentials(self, principal: Principal, expires_at: datetime) -> TemporaryCredentials:
+    def issue_credentials(
+        self,
+        principal: Principal,
+        expires_at: datetime,
+        identity_context: IdentityContext | None = None,
+    ) -> TemporaryCredentials:
         credentials = TemporaryCredentials(
             access_key_id=new_access_key_id("ASIA"),
             secret_access_key=Secret(new_secret_access_key()),
             session_token=Secret(opaque("IQoJb3JpZ2luX2VjE", 96)),
             expires_at=expires_at,
             principal=principal,
+            identity_context=identity_context,
         )
         self.credentials[credentials.access_key_id] = credentials
         return credentials

@@ -6,12 +6,30 @@ emulator issued; the verification's failures become the codes AWS sends:
 ``MissingAuthenticationToken``, ``IncompleteSignature``, ``InvalidClientTokenId``
 (unknown key, wrong or missing session token), ``ExpiredToken`` (400),
 ``SignatureDoesNotMatch`` (also for clock skew and a wrong service).
+
+AssumeRole takes ``ProvidedContexts`` (§5): one context from the provider
+``arn:aws:iam::aws:contextProvider/IdentityCenter`` whose ``ContextAssertion``
+is an identity context CreateTokenWithIAM issued (:mod:`.iam_token`), for a
+role whose trust policy allows ``sts:SetContext``. The refusals, where AWS's
+are not documented: the model's constraints (1-5 contexts, ``ProviderArn``
+20-2048 and ``ContextAssertion`` 4-2048 characters, both present) are
+``ValidationError``; another provider, the same provider twice, or an assertion
+the emulator never issued is ``InvalidParameterValue``; an expired one is the
+modeled ``ExpiredTokenException`` (400); a trust policy without
+``sts:SetContext`` is ``AccessDenied``. The session is *identity-enhanced*:
+its credentials remember the :class:`~.state.IdentityContext`
+(``emu.state.credentials[key].identity_context``), and GetCallerIdentity keeps
+the ``Arn``/``UserId``/``Account`` AWS shows for any role session while adding
+``<OnBehalfOf><UserId>…</UserId><IdentityStoreArn>…</IdentityStoreArn></OnBehalfOf>``
+(CloudTrail's name for the same fact) to its result, which botocore's parser
+drops but the raw body (``after-call`` event) shows.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import parse_qsl
@@ -23,12 +41,17 @@ from . import identities, sigv4
 from .errors import STS_NAMESPACE, StsError, xml_response
 from .operations import REQUEST_ID, Operation, invoke
 from .runtime import Runtime
-from .state import IssuedCredentials
+from .state import IdentityContext, IssuedCredentials, TemporaryCredentials
 
 API_VERSION: Final = "2011-06-15"
 SESSION_NAME_RE: Final = re.compile(r"[\w+=,.@-]*")
 EXTERNAL_ID_RE: Final = re.compile(r"[\w+=,.@:/-]*")
 DEFAULT_DURATION: Final = 3600
+IDENTITY_CENTER_PROVIDER: Final = "arn:aws:iam::aws:contextProvider/IdentityCenter"
+MAX_PROVIDED_CONTEXTS: Final = 5
+_CONTEXT_KEY_RE: Final = re.compile(
+    r"ProvidedContexts\.member\.(?P<index>[1-9][0-9]*)\.(?P<member>ProviderArn|ContextAssertion)"
+)
 
 _AUTH_FAILURE_CODES: Final[Mapping[sigv4.FailureReason, str]] = {
     "missing": "MissingAuthenticationToken",
@@ -84,12 +107,18 @@ class StsService:
     # operations -------------------------------------------------------------
 
     async def _get_caller_identity(self, request: web.Request) -> web.StreamResponse:
-        principal = self._caller(request, await request.read()).principal
-        result = {
+        caller = self._caller(request, await request.read())
+        principal = caller.principal
+        result: dict[str, str | XmlTree] = {
             "Arn": principal.arn,
             "UserId": principal.user_id,
             "Account": principal.account_id,
         }
+        if isinstance(caller, TemporaryCredentials) and caller.identity_context is not None:
+            result["OnBehalfOf"] = {
+                "UserId": caller.identity_context.user_id,
+                "IdentityStoreArn": caller.identity_context.identity_store_arn,
+            }
         return _result(request, "GetCallerIdentity", result)
 
     async def _assume_role(self, request: web.Request) -> web.StreamResponse:
@@ -97,17 +126,18 @@ class StsService:
         # Nothing awaits from here on: authentication and issuing are one step.
         caller = self._caller(request, body)
         form = _form(body)
-        if any(key.startswith("ProvidedContexts.") for key in form):
-            # Identity-enhanced sessions (§5) come with CreateTokenWithIAM, in a later issue.
-            raise StsError("InvalidParameterValue", "ProvidedContexts is not supported yet")
         role_arn = _role_arn(form.get("RoleArn"))
         session_name = _session_name(form.get("RoleSessionName"))
         duration = self._duration(form.get("DurationSeconds"), caller)
+        contexts = _provided_contexts(form)
         self._check_trust(caller, role_arn, _external_id(form.get("ExternalId")), duration)
+        identity_context = self._identity_context(caller, role_arn, contexts)
         cap = self._rt.config.assume_role_cap
         lifetime = duration if cap is None else min(duration, cap)
         principal = identities.assumed_role_session(role_arn, session_name)
-        issued = self._rt.state.issue_credentials(principal, self._rt.in_seconds(lifetime))
+        issued = self._rt.state.issue_credentials(
+            principal, self._rt.in_seconds(lifetime), identity_context
+        )
         result: XmlTree = {
             "AssumedRoleUser": {"Arn": principal.arn, "AssumedRoleId": principal.user_id},
             "Credentials": {
@@ -150,6 +180,34 @@ class StsService:
                 "ValidationError",
                 "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
             )
+
+    def _identity_context(
+        self, caller: IssuedCredentials, role_arn: str, contexts: tuple[ProvidedContext, ...]
+    ) -> IdentityContext | None:
+        """The identity an identity-enhanced session is for (§5), or ``None`` for a plain one."""
+        if not contexts:
+            return None
+        role = self._rt.directory.assumable_role(role_arn)
+        if role is None or not role.allows_set_context:
+            raise StsError(
+                "AccessDenied",
+                f"User: {caller.principal.arn} is not authorized to perform: "
+                f"sts:SetContext on resource: {role_arn}",
+            )
+        providers = [context.provider_arn for context in contexts]
+        for provider in providers:
+            if provider != IDENTITY_CENTER_PROVIDER:
+                raise StsError("InvalidParameterValue", f"Unsupported context provider: {provider}")
+        if len(providers) > 1:
+            raise StsError(
+                "InvalidParameterValue", f"Duplicate context provider: {IDENTITY_CENTER_PROVIDER}"
+            )
+        context = self._rt.state.iam.identity_contexts.get(contexts[0].assertion)
+        if context is None:
+            raise StsError("InvalidParameterValue", "The provided context assertion is invalid")
+        if self._rt.now() >= context.expires_at:
+            raise StsError("ExpiredTokenException", "The provided context assertion has expired")
+        return context
 
     # authentication ---------------------------------------------------------
 
@@ -217,6 +275,54 @@ def _session_name(value: str | None) -> str:
             f"satisfy regular expression pattern: {SESSION_NAME_RE.pattern}",
         )
     return value
+
+
+@dataclass(frozen=True)
+class ProvidedContext:
+    provider_arn: str
+    assertion: str
+
+
+def _provided_contexts(form: Mapping[str, str]) -> tuple[ProvidedContext, ...]:
+    """``ProvidedContexts.member.N.ProviderArn`` / ``.ContextAssertion``, checked against the model.
+
+    An empty list arrives as a bare ``ProvidedContexts=`` (botocore's query serializer).
+    """
+    members: dict[int, dict[str, str]] = {}
+    for key, value in form.items():
+        if (match := _CONTEXT_KEY_RE.fullmatch(key)) is not None:
+            members.setdefault(int(match["index"]), {})[match["member"]] = value
+    if "ProvidedContexts" in form and not members:
+        raise _validation_error("providedContexts", "[]", "have length greater than or equal to 1")
+    if len(members) > MAX_PROVIDED_CONTEXTS:
+        raise StsError(
+            "ValidationError",
+            "1 validation error detected: Value at 'providedContexts' failed to satisfy "
+            f"constraint: Member must have length less than or equal to {MAX_PROVIDED_CONTEXTS}",
+        )
+    contexts = []
+    for position, index in enumerate(sorted(members), start=1):
+        member = members[index]
+        where = f"providedContexts.{position}.member"
+        provider = member.get("ProviderArn")
+        if provider is None:
+            raise _validation_error(f"{where}.providerArn", None, "not be null")
+        if not 20 <= len(provider) <= 2048:
+            raise _validation_error(
+                f"{where}.providerArn", provider, "have length between 20 and 2048"
+            )
+        assertion = member.get("ContextAssertion")
+        if assertion is None:
+            raise _validation_error(f"{where}.contextAssertion", None, "not be null")
+        if not 4 <= len(assertion) <= 2048:
+            # The assertion itself is never echoed: it stands for the user.
+            raise StsError(
+                "ValidationError",
+                f"1 validation error detected: Value at '{where}.contextAssertion' failed to "
+                "satisfy constraint: Member must have length between 4 and 2048",
+            )
+        contexts.append(ProvidedContext(provider, assertion))
+    return tuple(contexts)
 
 
 def _external_id(value: str | None) -> str | None:
