@@ -31,23 +31,15 @@ from credd.config import (
     ProcessProfile,
     RefreshSettings,
     ServedProfile,
+    SessionSpec,
     SigningSource,
-    SsoRoleProfile,
-    SsoSessionSpec,
     StaticKeysProfile,
 )
 from credd.errors import CreddError, LoginRequired, NotServed, UpstreamError
 from credd.flight import SingleFlight
-from credd.profiles import (
-    AssumeRoleFetcher,
-    Fetcher,
-    RoleCredentials,
-    SsoRoleFetcher,
-    process_keys,
-)
+from credd.profiles import Fetcher, RoleCredentials, make_fetcher, process_keys
 from credd.schedule import renewal_time, retry_time
-from credd.sessions import SessionState, SessionStatus
-from credd.sessions.identity_center import IdentityCenterSession
+from credd.sessions import Session, SessionState, SessionStatus
 
 log = structlog.get_logger(__name__)
 
@@ -133,7 +125,7 @@ class Broker:
     def __init__(
         self,
         *,
-        make_session: Callable[[SsoSessionSpec], IdentityCenterSession],
+        make_session: Callable[[SessionSpec], Session],
         clients: AwsClients,
         clock: Clock,
         task_group: TaskGroup,
@@ -147,7 +139,7 @@ class Broker:
         self._deadline = request_deadline
         self._draw = draw
         self._refresh = RefreshSettings()
-        self._sessions: dict[str, IdentityCenterSession] = {}
+        self._sessions: dict[str, Session] = {}
         self._session_scopes: dict[str, anyio.CancelScope] = {}
         self._sources: Mapping[str, SigningSource] = {}
         self._keepers: dict[str, _Keeper] = {}
@@ -156,7 +148,7 @@ class Broker:
     def apply(
         self,
         *,
-        sessions: Mapping[str, SsoSessionSpec],
+        sessions: Mapping[str, SessionSpec],
         profiles: Mapping[str, ServedProfile],
         sources: Mapping[str, SigningSource],
         refresh: RefreshSettings,
@@ -205,7 +197,7 @@ class Broker:
 
     async def _run_session(
         self,
-        session: IdentityCenterSession,
+        session: Session,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -222,26 +214,26 @@ class Broker:
         while isinstance(current, AssumeRoleProfile) and current.name not in seen:
             seen.add(current.name)
             current = profiles.get(current.source_profile)
-        return current.session if isinstance(current, SsoRoleProfile) else None
+        session = getattr(current, "session", None)
+        return session if isinstance(session, str) else None
 
     def _fetcher(self, spec: ServedProfile) -> Fetcher:
-        if isinstance(spec, SsoRoleProfile):
-            return SsoRoleFetcher(
-                spec, self._sessions[spec.session], clients=self._clients, clock=self._clock
-            )
-        source = spec.source_profile
-        static = self._sources.get(source)
+        return make_fetcher(
+            spec,
+            sessions=self._sessions,
+            source_keys=self._source_keys,
+            clients=self._clients,
+            clock=self._clock,
+        )
 
-        async def source_keys() -> SigningKeys:
-            if isinstance(static, StaticKeysProfile):
-                return SigningKeys(
-                    static.access_key_id, static.secret_access_key, static.session_token
-                )
-            if isinstance(static, ProcessProfile):
-                return await process_keys(static)
-            return (await self.credentials(source, wait=None)).signing_keys()
-
-        return AssumeRoleFetcher(spec, source_keys, clients=self._clients, clock=self._clock)
+    async def _source_keys(self, source: str) -> SigningKeys:
+        """The keys that sign a call for a profile sourced from ``source``."""
+        signer = self._sources.get(source)
+        if isinstance(signer, StaticKeysProfile):
+            return SigningKeys(signer.access_key_id, signer.secret_access_key, signer.session_token)
+        if isinstance(signer, ProcessProfile):
+            return await process_keys(signer)
+        return (await self.credentials(source, wait=None)).signing_keys()
 
     # ------------------------------------------------------------------ the request path
 
@@ -435,14 +427,10 @@ class Broker:
             state = ProfileState.COLD
         else:
             state = ProfileState.FRESH if keeper.renewing else ProfileState.IDLE
-        if isinstance(spec, SsoRoleProfile):
-            kind, source = "sso-role", spec.session
-        else:
-            kind, source = "assume-role", spec.source_profile
         return ProfileStatus(
             name=spec.name,
-            kind=kind,
-            source=source,
+            kind=spec.kind,
+            source=spec.source,
             state=state,
             expiration=creds.expiration if creds else None,
             next_renewal=keeper.next_renewal,

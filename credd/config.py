@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from credd.errors import ConfigError
 from credd.ini import IniFile, Section, read_ini
@@ -73,6 +73,12 @@ class SsoRoleProfile:
     role_name: str
     region: str | None
 
+    kind: ClassVar[str] = "sso-role"
+
+    @property
+    def source(self) -> str:
+        return self.session
+
 
 @dataclass(frozen=True)
 class AssumeRoleProfile:
@@ -85,6 +91,12 @@ class AssumeRoleProfile:
     duration_seconds: int | None
     external_id: str | None
     region: str | None
+
+    kind: ClassVar[str] = "assume-role"
+
+    @property
+    def source(self) -> str:
+        return self.source_profile
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,8 @@ class ProcessProfile:
     region: str | None
 
 
+#: every kind of sign-in a session can be made from
+SessionSpec = SsoSessionSpec
 ServedProfile = SsoRoleProfile | AssumeRoleProfile
 #: what signs an AssumeRole without being served itself
 SigningSource = StaticKeysProfile | ProcessProfile
@@ -151,7 +165,7 @@ class Settings:
     server: ServerSettings
     refresh: RefreshSettings
     log: LogSettings
-    sessions: Mapping[str, SsoSessionSpec]
+    sessions: Mapping[str, SessionSpec]
     #: every profile credd serves, by name
     profiles: Mapping[str, ServedProfile]
     #: profiles that may sign or source a call but are not served themselves
@@ -163,7 +177,7 @@ class Settings:
         served = self.profiles.get(profile)
         return served.region if served else None
 
-    def session_for(self, name: str) -> SsoSessionSpec | None:
+    def session_for(self, name: str) -> SessionSpec | None:
         """The session named ``name``, or the one at the root of profile ``name``'s chain."""
         if name in self.sessions:
             return self.sessions[name]

@@ -31,11 +31,11 @@ from credd import __version__
 from credd.aws import AwsClients
 from credd.broker import DEFAULT_REQUEST_DEADLINE, Broker
 from credd.clock import Clock, SystemClock
-from credd.config import ServerSettings, Settings, SsoSessionSpec
+from credd.config import ServerSettings, SessionSpec, Settings
 from credd.desktop import notify_login_required
 from credd.errors import CreddError
 from credd.server import make_app
-from credd.sessions import SessionState
+from credd.sessions import Session, SessionState
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.status import status_document
 from credd.store import JsonCacheDir, SsoCache, format_timestamp
@@ -219,7 +219,7 @@ async def run_daemon(
         def login_required(session: str, reason: str) -> None:
             tg.start_soon(notify_login_required, session, reason, env)
 
-        def make_session(spec: SsoSessionSpec) -> IdentityCenterSession:
+        def make_session(spec: SessionSpec) -> Session:
             return IdentityCenterSession(
                 spec,
                 cache=cache,

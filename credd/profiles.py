@@ -8,10 +8,11 @@ broker's job.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -21,9 +22,10 @@ import anyio
 
 from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import AssumeRoleProfile, ProcessProfile, SsoRoleProfile
+from credd.config import AssumeRoleProfile, ProcessProfile, ServedProfile, SsoRoleProfile
 from credd.errors import LoginRequired, UpstreamError
 from credd.secret import Secret
+from credd.sessions import Session
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.store import format_timestamp
 
@@ -234,3 +236,24 @@ class AssumeRoleFetcher:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamError("sts AssumeRole answered without credentials") from exc
+
+
+def make_fetcher(
+    spec: ServedProfile,
+    *,
+    sessions: Mapping[str, Session],
+    source_keys: Callable[[str], Awaitable[SigningKeys]],
+    clients: AwsClients,
+    clock: Clock,
+) -> Fetcher:
+    """The fetcher for one served profile, by its kind."""
+    if isinstance(spec, SsoRoleProfile):
+        session = sessions[spec.session]
+        if not isinstance(session, IdentityCenterSession):
+            raise TypeError(
+                f"profile {spec.name}: {spec.session} is not an Identity Center session"
+            )
+        return SsoRoleFetcher(spec, session, clients=clients, clock=clock)
+    return AssumeRoleFetcher(
+        spec, functools.partial(source_keys, spec.source_profile), clients=clients, clock=clock
+    )

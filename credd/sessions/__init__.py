@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
+
+import anyio.abc
 
 
 class SessionState(StrEnum):
@@ -32,3 +35,27 @@ class SessionStatus:
     next_renewal: datetime | None
     last_error: str | None
     action: str | None
+
+
+class Session(Protocol):
+    """What the broker and the daemon need of any kind of session."""
+
+    name: str
+    kind: str
+    #: renew the access token this long before it lapses (capped at half a lifetime)
+    margin_seconds: float
+
+    @property
+    def spec(self) -> object:
+        """The configuration it was made from; a reload replaces it when this changes."""
+        ...
+
+    def status(self) -> SessionStatus: ...
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None:
+        """Keep the session alive until cancelled; ``task_status`` once its cache is read."""
+        ...
+
+    def sync(self) -> None:
+        """Re-read what another process (a login, a logout) may have written."""
+        ...

@@ -73,7 +73,7 @@ class IdentityCenterSession:
         draw: Callable[[], float] = random.random,
         on_login_required: Callable[[str, str], None] | None = None,
     ) -> None:
-        self.spec = spec
+        self._spec = spec
         self.name = spec.name
         self._cache = cache
         self._clients = clients
@@ -92,6 +92,10 @@ class IdentityCenterSession:
         #: an access token the portal refused: renewed even if it looks valid
         self._rejected: Secret | None = None
         self._flight: SingleFlight[SsoToken] = SingleFlight(task_group, self._refresh_shielded)
+
+    @property
+    def spec(self) -> SsoSessionSpec:
+        return self._spec
 
     # ------------------------------------------------------------------ queries
 
