@@ -12,6 +12,7 @@ shielded under a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import secrets
@@ -97,6 +98,7 @@ class DaemonControl:
             settings = load()
             if settings.server != self.settings.server:
                 log.warning("reload_server_unchanged", reason="[server] changes need a restart")
+                settings = dataclasses.replace(settings, server=self.settings.server)
             self.apply(settings)
         except CreddError as exc:
             # one clear line, no traceback: the error names the file, line and key
@@ -263,7 +265,8 @@ async def run_daemon(
                 log.info("credd_stopping")
             # leaving _serving stopped listening and let in-flight requests finish
         finally:
-            notifier.stopping()
+            if not control.stopping.is_set():  # cancelled rather than told to stop
+                notifier.stopping()
             tg.cancel_scope.cancel()
 
 

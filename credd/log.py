@@ -82,6 +82,20 @@ class JournalPriority:
         return f"<{priority}>{self._renderer(logger, method, event)}"
 
 
+_STDLIB_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class _JournalFormatter(logging.Formatter):
+    """aiohttp's, botocore's and asyncio's own lines, with their priority, on one line."""
+
+    def __init__(self) -> None:
+        super().__init__(_STDLIB_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITIES.get(record.levelname.lower(), 6)
+        return f"<{priority}>" + super().format(record).replace("\n", " | ")
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -107,7 +121,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _JournalFormatter() if logging_to_journal(out) else logging.Formatter(_STDLIB_FORMAT)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

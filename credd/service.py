@@ -53,7 +53,9 @@ def credd_command() -> list[str]:
 def render(unit: str, settings: Settings, command: list[str]) -> str:
     text = resources.files("credd").joinpath("units", unit).read_text(encoding="utf-8")
     if unit == "credd.service":
-        exec_start = " ".join(shlex.quote(part) for part in [*command, "serve"])
+        # quoted for systemd's command line: shell-style quotes, and "%" is a specifier
+        parts = [shlex.quote(part).replace("%", "%%") for part in [*command, "serve"]]
+        exec_start = " ".join(parts)
         text = text.replace("ExecStart=%h/.local/bin/credd serve", f"ExecStart={exec_start}")
     if unit == "credd.socket":
         text = text.replace("ListenStream=127.0.0.1:9911", f"ListenStream={settings.server.listen}")
@@ -97,6 +99,9 @@ def install(settings: Settings, env: Mapping[str, str]) -> ServiceReport:
         )
     directory = unit_directory(env, settings.paths.home)
     directory.mkdir(parents=True, exist_ok=True)
+    # ProtectSystem=strict makes only existing ReadWritePaths writable: make the caches now.
+    for cache in (settings.paths.sso_cache_dir, settings.paths.login_cache_dir):
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     command = credd_command()
     for unit in UNITS:
         (directory / unit).write_text(render(unit, settings, command), encoding="utf-8")
@@ -117,15 +122,16 @@ def uninstall(settings: Settings, env: Mapping[str, str]) -> ServiceReport:
     directory = unit_directory(env, settings.paths.home)
     lines: list[str] = []
     managed = _user_manager(env)
-    if managed:
-        _systemctl(env, "disable", "--now", "credd.service", "credd.socket")
-        lines.append("stopped and disabled credd.service and credd.socket")
+    installed = [unit for unit in UNITS if (directory / unit).exists()]
+    if managed and installed:
+        _systemctl(env, "disable", "--now", *installed)
+        lines.append(f"stopped and disabled {' and '.join(installed)}")
     for unit in UNITS:
         path = directory / unit
         if path.exists():
             path.unlink()
             lines.append(f"removed {path}")
-    if managed:
+    if managed and installed:
         _systemctl(env, "daemon-reload")
     elif lines:
         lines.append("run: systemctl --user daemon-reload")
