@@ -81,6 +81,25 @@ class AwsClients:
             self._sessions[profile] = session
         return session
 
+    async def default_keys(self) -> SigningKeys:
+        """The keys botocore's default chain finds: the environment, the shared files, ..."""
+        try:
+            found = await self._session(None).get_credentials()
+            frozen = None if found is None else await found.get_frozen_credentials()
+        except BotoCoreError as exc:
+            raise UpstreamError(f"the default credential chain failed: {exc}") from exc
+        if frozen is None or not frozen.access_key or not frozen.secret_key:
+            raise UpstreamError(
+                "the default credential chain found no credentials",
+                transient=False,
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a source_profile",
+            )
+        return SigningKeys(
+            str(frozen.access_key),
+            Secret(str(frozen.secret_key)),
+            Secret(str(frozen.token)) if frozen.token else None,
+        )
+
     @contextlib.asynccontextmanager
     async def client(
         self,
@@ -89,10 +108,18 @@ class AwsClients:
         region: str,
         profile: str | None,
         keys: SigningKeys | None = None,
+        attempts: int | None = None,
     ) -> AsyncIterator[Any]:
-        """An open client for ``service``; unsigned unless ``keys`` are given."""
+        """An open client for ``service``; unsigned unless ``keys`` are given.
+
+        ``attempts`` overrides botocore's retries (1: none, for calls that must
+        not be repeated, such as redeeming a single-use authorization code).
+        """
         signing: dict[str, Any] = {}
         config = AioConfig(**self._config)
+        if attempts is not None:
+            retries = {"mode": "standard", "total_max_attempts": attempts}
+            config = config.merge(AioConfig(retries=retries))
         if keys is None:
             config = config.merge(AioConfig(signature_version=UNSIGNED))
             # Keep botocore from looking for credentials it will never use.
@@ -146,7 +173,11 @@ def upstream_error(exc: ClientError | BotoCoreError, service: str) -> UpstreamEr
         transient = status in _TRANSIENT_STATUSES or code in _THROTTLING_CODES
         text = f"{service} answered {code or status}"
         return UpstreamError(
-            f"{text}: {message}" if message else text, aws_code=code or None, transient=transient
+            f"{text}: {message}" if message else text,
+            aws_code=code or None,
+            transient=transient,
+            status=status or None,
+            oauth_error=str(exc.response.get("error") or "") or None,
         )
     # Connection failures, timeouts and unparsable answers: the network or the
     # service is having a bad moment; trying again later is the right thing.

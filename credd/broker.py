@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -28,18 +28,18 @@ from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
 from credd.config import (
     AssumeRoleProfile,
-    ProcessProfile,
     RefreshSettings,
     ServedProfile,
     SessionSpec,
     SigningSource,
-    StaticKeysProfile,
 )
-from credd.errors import CreddError, LoginRequired, NotServed, UpstreamError
+from credd.errors import AssertionRequired, CreddError, LoginRequired, NotServed, UpstreamError
 from credd.flight import SingleFlight
-from credd.profiles import Fetcher, RoleCredentials, make_fetcher, process_keys
+from credd.profiles import Fetcher, RoleCredentials, make_fetcher, source_keys
 from credd.schedule import renewal_time, retry_time
 from credd.sessions import Session, SessionState, SessionStatus
+from credd.sessions.iam_tokens import IamToken
+from credd.sessions.trusted_identity import TrustedIdentitySession
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,8 @@ class ProfileState(StrEnum):
     RETRYING = "retrying"
     #: the session behind the profile needs a new login
     LOGIN_REQUIRED = "login-required"
+    #: the trusted-identity session behind the profile needs an assertion from its IdP
+    ASSERTION_REQUIRED = "assertion-required"
     #: AWS refused the role for a reason retrying will not fix
     ERROR = "error"
 
@@ -167,7 +169,12 @@ class Broker:
                 session = self._sessions[name] = self._make_session(session_spec)
                 if self._running:
                     self._task_group.start_soon(self._run_session, session)
-            session.margin_seconds = refresh.token_margin_seconds
+            # A Sign-In session's token is the served credentials themselves (interface.md).
+            session.margin_seconds = (
+                refresh.credentials_margin_seconds
+                if session.kind == "signin"
+                else refresh.token_margin_seconds
+            )
         for name in list(self._keepers):
             keeper = self._keepers[name]
             if profiles.get(name) != keeper.spec or keeper.session in replaced:
@@ -226,16 +233,42 @@ class Broker:
             clock=self._clock,
         )
 
-    async def _source_keys(self, source: str) -> SigningKeys:
-        """The keys that sign a call for a profile sourced from ``source``."""
-        signer = self._sources.get(source)
-        if isinstance(signer, StaticKeysProfile):
-            return SigningKeys(signer.access_key_id, signer.secret_access_key, signer.session_token)
-        if isinstance(signer, ProcessProfile):
-            return await process_keys(signer)
-        return (await self.credentials(source, wait=None)).signing_keys()
+    async def _source_keys(self, source: str | None) -> SigningKeys:
+        """The keys that sign a call for a profile sourced from ``source`` (``None``: default)."""
+        return await source_keys(
+            source, sources=self._sources, served=self._served_keys, clients=self._clients
+        )
+
+    async def _served_keys(self, name: str) -> SigningKeys:
+        return (await self.credentials(name, wait=None)).signing_keys()
+
+    def signer(self, source: str | None) -> Callable[[], Awaitable[SigningKeys]]:
+        """What signs the calls of a session sourced from ``source`` (``None``: default chain)."""
+        return functools.partial(self._source_keys, source)
+
+    def session(self, name: str) -> Session | None:
+        return self._sessions.get(name)
 
     # ------------------------------------------------------------------ the request path
+
+    def bearer_session(self, name: str) -> TrustedIdentitySession | None:
+        """The trusted-identity session ``name``, whose access token ``/v1/tokens`` serves."""
+        session = self._sessions.get(name)
+        return session if isinstance(session, TrustedIdentitySession) else None
+
+    async def bearer_token(self, session: TrustedIdentitySession) -> IamToken:
+        """Its access token from memory; else join its renewal, under the request deadline."""
+        held = session.usable_token()
+        if held is not None:
+            return held
+        try:
+            with anyio.fail_after(self._deadline):
+                return await session.token()
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"the access token of {session.name} is still being fetched",
+                hint="try again in a moment",
+            ) from exc
 
     def knows(self, name: str) -> bool:
         return name in self._keepers
@@ -360,12 +393,14 @@ class Broker:
         creds = keeper.creds
         if creds is None:
             return now
-        return renewal_time(
+        at = renewal_time(
             lifetime_start=creds.received_at,
             expires_at=creds.expiration,
             margin_seconds=self._refresh.credentials_margin_seconds,
             draw=self._draw(),
         )
+        # The source may replace them sooner (a Sign-In session, ahead of the SDKs' window).
+        return at if creds.renew_by is None else min(at, creds.renew_by)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -403,6 +438,11 @@ class Broker:
     def session_statuses(self) -> list[SessionStatus]:
         return [s.status() for s in self._sessions.values()]
 
+    def _session_action(self, keeper: _Keeper) -> str | None:
+        """What the profile's session says to run."""
+        session = self._sessions.get(keeper.session) if keeper.session else None
+        return session.status().action if session is not None else None
+
     def _session_needs_login(self, keeper: _Keeper) -> bool:
         session = self._sessions.get(keeper.session) if keeper.session else None
         return session is not None and session.status().state is SessionState.LOGIN_REQUIRED
@@ -414,7 +454,10 @@ class Broker:
         action: str | None = None
         if isinstance(problem, LoginRequired):
             state = ProfileState.LOGIN_REQUIRED
-            action = f"credd login {problem.session}"
+            action = problem.action
+        elif isinstance(problem, AssertionRequired):
+            state = ProfileState.ASSERTION_REQUIRED
+            action = problem.hint
         elif isinstance(problem, UpstreamError) and not problem.transient:
             state = ProfileState.ERROR
             action = problem.hint
@@ -422,7 +465,7 @@ class Broker:
             state = ProfileState.RETRYING
         elif creds is None and self._session_needs_login(keeper):
             state = ProfileState.LOGIN_REQUIRED
-            action = f"credd login {keeper.session}"
+            action = self._session_action(keeper) or f"credd login {keeper.session}"
         elif creds is None:
             state = ProfileState.COLD
         else:

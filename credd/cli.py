@@ -15,15 +15,21 @@ import shlex
 import signal
 import sys
 import urllib.parse
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 
 from credd import __version__
-from credd.config import Settings, load_settings
+from credd.config import Settings, SigninSessionSpec, TrustedIdentitySpec, load_settings
 from credd.errors import ConfigError, CreddError, DaemonUnavailable, NotServed
 from credd.paths import resolve_paths
+
+if TYPE_CHECKING:
+    from credd.console import TerminalLoginUI
+
+T = TypeVar("T")
 
 #: what `credd env` and `credd exec` clear, so nothing shadows the endpoint
 #: (botocore's chain puts env keys and profiles before the container provider)
@@ -193,8 +199,10 @@ def _session_spec(settings: Settings, name: str) -> Any:
 
 
 def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
-    if args.signin or args.remote:
-        raise CreddError("AWS Sign-In (--signin, --remote) is not supported by this version")
+    # --remote is Sign-In's; a login_session profile (or its session) needs no --signin
+    if args.signin or args.remote or isinstance(settings.session_for(args.name), SigninSessionSpec):
+        _login_signin(settings, args, debug)
+        return
     from credd.clock import SystemClock
     from credd.console import TerminalLoginUI
     from credd.daemon import aws_clients, sso_cache
@@ -203,6 +211,9 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
 
     configure_logging("debug" if debug else "warning", "console")
     spec = _session_spec(settings, args.name)
+    if isinstance(spec, TrustedIdentitySpec):
+        _login_trusted_identity(settings, spec, args)
+        return
     clock = SystemClock()
     ui = TerminalLoginUI(clock)
     login = SsoLogin(
@@ -213,15 +224,7 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
         ui=ui,
         options=LoginOptions(device=args.device, open_browser=not args.no_browser),
     )
-
-    async def run() -> Any:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ui.run_spinner)
-            token = await login.run()
-            tg.cancel_scope.cancel()
-        return token
-
-    token = anyio.run(run)
+    token = _with_spinner(ui, login.run)
     print(
         f"Logged in to {spec.name}; access token valid until "
         f"{token.expires_at:%Y-%m-%d %H:%M:%S} UTC.",
@@ -230,10 +233,86 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
     _tell_daemon(settings, spec.name, logged_in=True)
 
 
-def _tell_daemon(settings: Settings, session: str, *, logged_in: bool) -> None:
+def _with_spinner(ui: TerminalLoginUI, work: Callable[[], Awaitable[T]]) -> T:
+    """Run a login while the terminal shows it waiting."""
+
+    async def run() -> T:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ui.run_spinner)
+                result = await work()
+                tg.cancel_scope.cancel()
+        except* CreddError as failed:  # one line, not a traceback (the spinner never fails)
+            raise failed.exceptions[0] from None
+        return result
+
+    return anyio.run(run)
+
+
+def _login_trusted_identity(
+    settings: Settings, spec: TrustedIdentitySpec, args: argparse.Namespace
+) -> None:
+    from credd.clock import SystemClock
+    from credd.console import TerminalLoginUI
+    from credd.daemon import aws_clients, trusted_identity_cache
+    from credd.sessions.iam_login import login_trusted_identity
+    from credd.sessions.loopback import LoginOptions
+
+    clock = SystemClock()
+    ui = TerminalLoginUI(clock)
+    login = functools.partial(
+        login_trusted_identity,
+        spec,
+        cache=trusted_identity_cache(settings),
+        clients=aws_clients(settings),
+        signer=_signer(settings, spec.source_profile),
+        clock=clock,
+        ui=ui,
+        options=LoginOptions(device=args.device, open_browser=not args.no_browser),
+    )
+    token = _with_spinner(ui, login)
+    who = token.who()
+    print(
+        f"Logged in to {spec.name}{f' as {who}' if who else ''}; access token valid until "
+        f"{token.expires_at:%Y-%m-%d %H:%M:%S} UTC.",
+        file=sys.stderr,
+    )
+    _tell_daemon(settings, spec.name, logged_in=True)
+
+
+def _signer(settings: Settings, source: str | None) -> Any:
+    """The keys of ``source`` as the CLI gets them: a served profile's from the daemon."""
+    from credd import client
+    from credd.aws import SigningKeys
+    from credd.daemon import aws_clients
+    from credd.profiles import source_keys
+    from credd.secret import Secret
+
+    async def served(name: str) -> SigningKeys:
+        path = f"/v1/credentials/{_quote(name)}"
+        creds = await anyio.to_thread.run_sync(client.request, settings, path)
+        token = creds.get("Token")
+        return SigningKeys(
+            creds["AccessKeyId"], Secret(creds["SecretAccessKey"]), Secret(token) if token else None
+        )
+
+    return functools.partial(
+        source_keys,
+        source,
+        sources=settings.sources,
+        served=served,
+        clients=aws_clients(settings),
+    )
+
+
+def _tell_daemon(
+    settings: Settings, session: str, *, logged_in: bool, reload: bool = False
+) -> None:
     from credd import client
 
     try:
+        if reload and not _reloaded(settings):
+            return
         client.request(settings, f"/v1/sessions/{_quote(session)}/sync", method="POST")
     except DaemonUnavailable:
         if logged_in:
@@ -245,11 +324,132 @@ def _tell_daemon(settings: Settings, session: str, *, logged_in: bool) -> None:
         print(f"The running daemon {done}.", file=sys.stderr)
 
 
+def _reloaded(settings: Settings) -> bool:
+    """Have a running daemon read the AWS config again (a profile written since it started)."""
+    from credd import client
+
+    try:
+        client.request(settings, "/v1/reload", method="POST")
+    except DaemonUnavailable:
+        raise
+    except CreddError as exc:  # the login itself succeeded: say so, and how to finish
+        print(
+            f"credd: warning: the running daemon did not reload its configuration ({exc}); "
+            "reload it (systemctl --user reload credd, or SIGHUP) to serve the profile",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _login_signin(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
+    """``credd login PROFILE --signin [--remote]``: as ``aws login``, profile written at the end."""
+    from credd.awsconfig_write import inspect_profile, write_login_session
+    from credd.clock import SystemClock
+    from credd.config import DEFAULT_SIGNIN_REGION, SigninProfile
+    from credd.console import TerminalLoginUI
+    from credd.daemon import aws_clients, login_cache
+    from credd.errors import LoginError
+    from credd.log import configure_logging
+    from credd.sessions.signin_login import SigninLogin, SigninLoginOptions, SigninTarget
+
+    configure_logging("debug" if debug else "warning", "console")
+    if args.device:
+        raise CreddError(
+            "--device is an Identity Center flow; AWS Sign-In uses the browser",
+            hint="for another device: credd login NAME --signin --remote",
+        )
+    # The profile to sign in: NAME itself if it names a login_session or nothing yet; the
+    # session's first profile for a login_session ARN or a role chained on a Sign-In profile.
+    root = settings.session_for(args.name)
+    own = isinstance(settings.profiles.get(args.name), SigninProfile)
+    profile = root.profile if isinstance(root, SigninSessionSpec) and not own else args.name
+    paths = settings.paths
+    before = inspect_profile(paths.aws_config_file, paths.aws_credentials_file, profile)
+    region = before.region or DEFAULT_SIGNIN_REGION
+    clock = SystemClock()
+    ui = TerminalLoginUI(clock)
+    login = SigninLogin(
+        SigninTarget(profile, region, profile if before.exists else None),
+        cache=login_cache(settings),
+        clients=aws_clients(settings),
+        clock=clock,
+        ui=ui,
+        options=SigninLoginOptions(remote=args.remote, open_browser=not args.no_browser),
+        read_code=_read_pasted_code,
+    )
+
+    async def run() -> Any:
+        async with anyio.create_task_group() as tg:
+            if not args.remote:  # a spinner would run through the pasted code
+                tg.start_soon(ui.run_spinner)
+            result = await login.run()
+            tg.cancel_scope.cancel()
+        return result
+
+    result = anyio.run(run)
+    session = result.login_session
+    if before.login_session not in (None, session) and not _confirm(
+        f"Profile {profile} is signed in as {before.login_session}. Replace it with {session}?"
+    ):
+        raise LoginError(
+            f"profile {profile} keeps login_session {before.login_session}",
+            hint=f"to use {session}, sign in to another profile: credd login OTHER --signin",
+        )
+    # region only when the login had to choose one, as aws login does (protocols.md 4.1)
+    write_login_session(paths.aws_config_file, profile, session, None if before.region else region)
+    print(
+        f"Logged in to profile {profile} as {session}; credentials valid until "
+        f"{result.token.expires_at:%Y-%m-%d %H:%M:%S} UTC, renewed for up to 12 hours.",
+        file=sys.stderr,
+    )
+    _tell_daemon(settings, session, logged_in=True, reload=True)
+
+
+async def _read_pasted_code() -> str:
+    print(
+        "Sign in on any device, then paste the verification code it shows and press Enter:",
+        file=sys.stderr,
+        flush=True,
+    )
+    line: str = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+    return line.strip()
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; without one, the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in {"y", "yes"}
+
+
+def _logout_signin(settings: Settings, spec: SigninSessionSpec) -> None:
+    """Forget the login cache entry, as ``aws logout`` does (Sign-In has no public logout call)."""
+    from credd.daemon import login_cache
+
+    cache = login_cache(settings)
+
+    async def run() -> None:
+        async with cache.lock(spec.cache_key):
+            cache.delete_token(spec.cache_key)
+
+    anyio.run(run)
+    print(f"Logged out of {spec.name} (profile {spec.profile}).", file=sys.stderr)
+    _tell_daemon(settings, spec.name, logged_in=False)
+
+
 def _logout(settings: Settings, name: str) -> None:
     from credd.daemon import aws_clients, sso_cache
     from credd.store import CacheCorrupt
 
     spec = _session_spec(settings, name)
+    if isinstance(spec, TrustedIdentitySpec):
+        _logout_trusted_identity(settings, spec)
+        return
+    if isinstance(spec, SigninSessionSpec):
+        _logout_signin(settings, spec)
+        return
     cache = sso_cache(settings)
 
     async def run() -> str | None:
@@ -277,6 +477,22 @@ def _logout(settings: Settings, name: str) -> None:
     _tell_daemon(settings, spec.name, logged_in=False)
 
 
+async def _locked(lock: AbstractAsyncContextManager[None], work: Callable[[], object]) -> None:
+    """``work`` (a cache write or delete) under the cache's cross-process lock."""
+    async with lock:
+        work()
+
+
+def _logout_trusted_identity(settings: Settings, spec: TrustedIdentitySpec) -> None:
+    """Forget the tokens: CreateTokenWithIAM has no logout, so that is all there is."""
+    from credd.daemon import trusted_identity_cache
+
+    cache = trusted_identity_cache(settings)
+    anyio.run(_locked, cache.lock(spec.name), functools.partial(cache.delete, spec.name))
+    print(f"Logged out of {spec.name}.", file=sys.stderr)
+    _tell_daemon(settings, spec.name, logged_in=False)
+
+
 # --------------------------------------------------------------------------- status
 
 
@@ -288,13 +504,26 @@ def _status(settings: Settings, *, as_json: bool) -> None:
         document = client.request(settings, "/v1/status")
     except DaemonUnavailable:
         from credd.clock import SystemClock
-        from credd.daemon import sso_cache
+        from credd.config import SsoSessionSpec
+        from credd.daemon import login_cache, sso_cache, trusted_identity_cache
+        from credd.sessions.signin import offline_status as signin_status
+        from credd.sessions.trusted_identity import offline_status
 
+        now = SystemClock().now()
+        specs = settings.sessions.values()
+        tokens = trusted_identity_cache(settings)
+        trusted = [
+            offline_status(s, tokens, now) for s in specs if isinstance(s, TrustedIdentitySpec)
+        ]
+        sso = [s for s in specs if isinstance(s, SsoSessionSpec)]
+        signin = [
+            signin_status(s, login_cache(settings), now)
+            for s in specs
+            if isinstance(s, SigninSessionSpec)
+        ]
         document = status_document(
             daemon={"running": False},
-            sessions=offline_sessions(
-                settings.sessions.values(), sso_cache(settings), SystemClock().now()
-            ),
+            sessions=[*offline_sessions(sso, sso_cache(settings), now), *trusted, *signin],
             profiles=[],
             unserved=settings.unserved,
         )
@@ -305,6 +534,14 @@ def _status(settings: Settings, *, as_json: bool) -> None:
 
 
 def _served(settings: Settings, profile: str) -> None:
+    if isinstance(settings.sessions.get(profile), TrustedIdentitySpec) and (
+        profile not in settings.profiles
+    ):
+        raise NotServed(
+            f"profile {profile!r} serves only a bearer token (its [profiles.{profile}] has no "
+            "role_arn)",
+            hint=f"use: credd token {profile}",
+        )
     if profile not in settings.profiles:
         reason = settings.unserved.get(profile)
         raise NotServed(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -31,8 +32,21 @@ DEFAULT_TOKEN_MARGIN: Final = 1200.0
 # minutes remain (protocols.md 7.2), so serve them with more than that.
 DEFAULT_CREDENTIALS_MARGIN: Final = 1200.0
 DEFAULT_IDLE_TIMEOUT: Final = 7200.0
+#: the Sign-In region when a profile names none: what ``aws login`` offers (protocols.md 4.1)
+DEFAULT_SIGNIN_REGION: Final = "us-east-1"
+
+#: the grants a CreateTokenWithIAM session starts with (protocols.md 2.2); ``refresh_token``
+#: is not one of them: credd uses it by itself whenever a grant returned a refresh token
+JWT_BEARER_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+AUTH_CODE_GRANT: Final = "authorization_code"
+IAM_GRANTS: Final = (JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT, AUTH_CODE_GRANT)
+#: the scope that brings the identity context AssumeRole needs (protocols.md 2.2, 5)
+IDENTITY_CONTEXT_SCOPE: Final = "sts:identity_context"
 
 _ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+_APPLICATION_ARN = re.compile(r"^arn:aws[\w-]*:sso::\d{12}:application/[\w-]+/[\w-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _SESSION_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
 _ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
 _WHOLE_NUMBER = re.compile(r"^[0-9]+$")
@@ -100,6 +114,105 @@ class AssumeRoleProfile:
 
 
 @dataclass(frozen=True)
+class SigninSessionSpec:
+    """One AWS Sign-In (``aws login``) session: a ``login_session`` and its login cache entry.
+
+    Named by the ``login_session`` value itself (the idToken ``sub`` ARN): that is
+    what the AWS CLI keys the cache by, so profiles naming the same one share it.
+    """
+
+    #: the ``login_session`` ARN: the cache key (protocols.md 6.2) and the name in status
+    name: str
+    #: whose Sign-In endpoint renews it: the first such profile's region, else us-east-1
+    region: str
+    #: the first profile (by name) that names it: ``credd login PROFILE --signin`` and
+    #: the profile whose endpoint overrides its calls honour
+    profile: str
+
+    kind: ClassVar[str] = "signin"
+
+    @property
+    def cache_key(self) -> str:
+        return self.name
+
+    @property
+    def endpoint_profile(self) -> str:
+        return self.profile
+
+    @property
+    def login_command(self) -> str:
+        return f"credd login {self.profile} --signin"
+
+
+@dataclass(frozen=True)
+class SigninProfile:
+    """A ``login_session`` profile: the Sign-In credentials themselves, served as they are."""
+
+    name: str
+    #: the ``login_session`` ARN: the session that holds the credentials
+    session: str
+    region: str | None
+
+    kind: ClassVar[str] = "signin"
+
+    @property
+    def source(self) -> str:
+        return self.session
+
+
+@dataclass(frozen=True)
+class TrustedIdentitySpec:
+    """A CreateTokenWithIAM session: ``[profiles.NAME]`` with ``type = "create-token-with-iam"``."""
+
+    name: str
+    #: the application ARN (CreateTokenWithIAM's ``clientId``)
+    client_id: str
+    #: the Identity Center home region (``sso_region``)
+    region: str
+    #: whose IAM credentials sign the call; ``None``: botocore's default chain
+    source_profile: str | None
+    grant_type: str
+    assertion_file: Path | None
+    assertion_command: tuple[str, ...] | None
+    #: token exchange: the credd session whose access token is the subject token
+    subject_session: str | None
+    #: asked for (downscoping); empty: all of the application's scopes
+    scopes: tuple[str, ...]
+    #: the credd config it comes from, so that errors can name the key to change
+    config_file: Path
+    #: the AWS profile whose endpoint overrides its calls honour
+    endpoint_profile: str | None = None
+
+    kind: ClassVar[str] = "create-token-with-iam"
+
+    def key(self, key: str) -> str:
+        """Where the user changes ``key``: for errors that blame the configuration."""
+        return f"{key} in [profiles.{self.name}] of {self.config_file}"
+
+
+@dataclass(frozen=True)
+class IdentityEnhancedProfile:
+    """Role credentials from STS AssumeRole with the session's identity context (protocols.md 5)."""
+
+    name: str
+    #: the trusted-identity session (of the same name) whose identity context is provided
+    session: str
+    #: whose IAM credentials sign AssumeRole (the session's); ``None``: the default chain
+    source_profile: str | None
+    role_arn: str
+    role_session_name: str | None
+    duration_seconds: int | None
+    region: str | None
+    endpoint_profile: str | None = None
+
+    kind: ClassVar[str] = "identity-enhanced-role"
+
+    @property
+    def source(self) -> str:
+        return self.session
+
+
+@dataclass(frozen=True)
 class StaticKeysProfile:
     """Keys written in the config or credentials file: a source, never served."""
 
@@ -120,8 +233,8 @@ class ProcessProfile:
 
 
 #: every kind of sign-in a session can be made from
-SessionSpec = SsoSessionSpec
-ServedProfile = SsoRoleProfile | AssumeRoleProfile
+SessionSpec = SsoSessionSpec | TrustedIdentitySpec | SigninSessionSpec
+ServedProfile = SsoRoleProfile | AssumeRoleProfile | IdentityEnhancedProfile | SigninProfile
 #: what signs an AssumeRole without being served itself
 SigningSource = StaticKeysProfile | ProcessProfile
 
@@ -186,7 +299,9 @@ class Settings:
         while isinstance(profile, AssumeRoleProfile) and profile.name not in seen:
             seen.add(profile.name)
             profile = self.profiles.get(profile.source_profile)
-        return self.sessions.get(profile.session) if isinstance(profile, SsoRoleProfile) else None
+        if isinstance(profile, SsoRoleProfile | IdentityEnhancedProfile | SigninProfile):
+            return self.sessions.get(profile.session)
+        return None
 
 
 # --------------------------------------------------------------------------- credd TOML
@@ -255,6 +370,12 @@ class _TomlReader:
             if key not in self.seen:
                 raise self.error(key, "unknown key")
 
+    def missing(self, key: str) -> ConfigError:
+        """``key`` is required: the error points at the table's header."""
+        line = _toml_line(self.text, self.table, None)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(f"{where}: {'.'.join((*self.table, key))}: missing")
+
 
 def _parse_listen(reader: _TomlReader) -> tuple[str, int]:
     listen: str = reader.get("listen", str, DEFAULT_LISTEN)
@@ -276,11 +397,163 @@ def _parse_listen(reader: _TomlReader) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class _TrustedIdentity:
+    """One ``[profiles.NAME]`` table, before its references into the AWS config are checked."""
+
+    spec: TrustedIdentitySpec
+    #: what it is exchanged for; ``None``: it serves only its bearer token
+    profile: IdentityEnhancedProfile | None
+    table: _TomlReader
+
+
+def _required(table: _TomlReader, key: str) -> str:
+    value: str | None = table.get(key, str)
+    if not value:
+        raise table.missing(key)
+    return value
+
+
+def _assertion_command(table: _TomlReader) -> tuple[str, ...] | None:
+    value = table.get("assertion_command", object)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            argv = tuple(shlex.split(value))
+        except ValueError as exc:
+            raise table.error("assertion_command", f"cannot be split into words: {exc}") from exc
+    elif isinstance(value, list) and all(isinstance(word, str) for word in value):
+        argv = tuple(value)
+    else:
+        raise table.error("assertion_command", "expected a list of strings (the command's argv)")
+    if not argv or not argv[0]:
+        raise table.error("assertion_command", "must name a command")
+    return argv
+
+
+def _trusted_identity(table: _TomlReader, name: str, home: Path) -> _TrustedIdentity:
+    """A ``type = "create-token-with-iam"`` table; invalid combinations name their key."""
+    client_id = _required(table, "client_id")
+    if not _APPLICATION_ARN.match(client_id):
+        raise table.error(
+            "client_id",
+            "expected an application ARN "
+            f"(arn:aws:sso::ACCOUNT:application/ssoins-.../apl-...), found {client_id!r}",
+        )
+    region = _required(table, "sso_region")
+    if not _REGION.match(region):
+        raise table.error(
+            "sso_region", f"expected a region name such as us-east-1, found {region!r}"
+        )
+    source: str | None = table.get("source_profile", str)
+    if source is not None and not source:
+        raise table.error("source_profile", "must name a profile (omit it for the default chain)")
+    grant = _required(table, "grant_type")
+    if grant == "refresh_token":
+        raise table.error(
+            "grant_type",
+            "refresh_token is used by itself once another grant returned a refresh token; "
+            "name the grant that starts the session: " + ", ".join(IAM_GRANTS),
+        )
+    if grant not in IAM_GRANTS:
+        raise table.error(
+            "grant_type", f"unknown grant {grant!r}; expected one of: " + ", ".join(IAM_GRANTS)
+        )
+    file_text: str | None = table.get("assertion_file", str)
+    command = _assertion_command(table)
+    if grant == JWT_BEARER_GRANT:
+        if file_text is not None and command is not None:
+            raise table.error(
+                "assertion_command", "give assertion_file or assertion_command, not both"
+            )
+        if not file_text and command is None:
+            raise table.error(
+                "grant_type", "the jwt-bearer grant needs assertion_file or assertion_command"
+            )
+    else:
+        for key, given in (("assertion_file", file_text), ("assertion_command", command)):
+            if given is not None:
+                raise table.error(key, f'only used with grant_type = "{JWT_BEARER_GRANT}"')
+    subject: str | None = table.get("subject_session", str)
+    if grant == TOKEN_EXCHANGE_GRANT and not subject:
+        raise table.error(
+            "grant_type",
+            "the token-exchange grant needs subject_session: the credd session whose access "
+            "token is exchanged",
+        )
+    if grant != TOKEN_EXCHANGE_GRANT and subject is not None:
+        raise table.error(
+            "subject_session", f'only used with grant_type = "{TOKEN_EXCHANGE_GRANT}"'
+        )
+    if subject == name:
+        raise table.error("subject_session", "a session cannot be its own subject")
+    scopes = table.strings("scopes")
+    if "scopes" in table.data and not scopes:
+        raise table.error("scopes", "must not be empty (omit it for all the application's scopes)")
+    role_arn: str | None = table.get("role_arn", str)
+    profile = None
+    if role_arn is None:
+        for key in ("role_session_name", "duration_seconds"):
+            if key in table.data:
+                raise table.error(key, "only used with role_arn")
+    else:
+        profile = _identity_enhanced(table, name, source, role_arn)
+        if scopes and IDENTITY_CONTEXT_SCOPE not in scopes:
+            raise table.error(
+                "scopes",
+                f"role_arn needs the {IDENTITY_CONTEXT_SCOPE} scope: AssumeRole is given the "
+                "identity context it brings",
+            )
+    region_name: str | None = table.get("region", str)
+    if profile is not None and region_name:
+        profile = replace(profile, region=region_name)
+    table.reject_unknown()
+    spec = TrustedIdentitySpec(
+        name=name,
+        client_id=client_id,
+        region=region,
+        source_profile=source,
+        grant_type=grant,
+        assertion_file=expand_path(file_text, home) if file_text else None,
+        assertion_command=command,
+        subject_session=subject,
+        scopes=tuple(dict.fromkeys(scopes)),
+        config_file=table.path,
+    )
+    return _TrustedIdentity(spec, profile, table)
+
+
+def _identity_enhanced(
+    table: _TomlReader, name: str, source: str | None, role_arn: str
+) -> IdentityEnhancedProfile:
+    if not _ROLE_ARN.match(role_arn):
+        raise table.error("role_arn", f"not a role ARN: {role_arn!r}")
+    session_name: str | None = table.get("role_session_name", str)
+    if session_name is not None and not _SESSION_NAME.match(session_name):
+        raise table.error("role_session_name", r"2 to 64 characters of [\w+=,.@-] expected")
+    duration: int | None = table.get("duration_seconds", int)
+    if duration is not None and not 900 <= duration <= 43200:
+        raise table.error(
+            "duration_seconds", f"expected a whole number from 900 to 43200, found {duration}"
+        )
+    return IdentityEnhancedProfile(
+        name=name,
+        session=name,
+        source_profile=source,
+        role_arn=role_arn,
+        role_session_name=session_name,
+        duration_seconds=duration,
+        region=None,
+    )
+
+
+@dataclass(frozen=True)
 class _CreddToml:
     server: ServerSettings
     refresh: RefreshSettings
     log: LogSettings
-    unserved: Mapping[str, str]
+    #: the ``[profiles.NAME]`` tables, by name
+    trusted: Mapping[str, _TrustedIdentity]
     #: for errors found after reading (a prefetch naming no served profile, a name clash)
     refresh_table: _TomlReader
     profiles_table: _TomlReader
@@ -327,22 +600,22 @@ def _read_credd_toml(paths: Paths) -> _CreddToml:
     log.reject_unknown()
 
     profiles = _TomlReader(path, text, ("profiles",), top.get("profiles", dict, {}))
-    unserved: dict[str, str] = {}
+    trusted: dict[str, _TrustedIdentity] = {}
     for name in profiles.data:
         table = _TomlReader(path, text, ("profiles", name), profiles.get(name, dict))
         kind = table.get("type", str)
         if kind is None:
             raise table.error("type", "missing: every [profiles.NAME] table names its type")
-        if kind != "create-token-with-iam":
+        if kind != TrustedIdentitySpec.kind:
             raise table.error("type", f"unknown profile type {kind!r}")
-        unserved[name] = "create-token-with-iam profiles are not supported by this version of credd"
+        trusted[name] = _trusted_identity(table, name, paths.home)
     top.reject_unknown()
 
     return _CreddToml(
         server=ServerSettings(host, port, token_file or paths.default_token_file),
         refresh=refresh_settings,
         log=LogSettings(level=level, format=fmt),
-        unserved=unserved,
+        trusted=trusted,
         refresh_table=refresh,
         profiles_table=profiles,
     )
@@ -397,14 +670,28 @@ class _Builder:
     def __init__(self, aws: _AwsConfig) -> None:
         self.aws = aws
         self.sessions: dict[str, SsoSessionSpec] = {}
+        #: Sign-In sessions, by ``login_session``
+        self.signin: dict[str, SigninSessionSpec] = {}
         self.profiles: dict[str, ServedProfile] = {}
         self.sources: dict[str, SigningSource] = {}
         self.unserved: dict[str, str] = {}
+        #: the credd config's CreateTokenWithIAM sessions
+        self.trusted: dict[str, TrustedIdentitySpec] = {}
 
     def build(self) -> None:
+        self.classify()
+        self.drop_broken_chains()
+
+    def classify(self) -> None:
         for name in self.aws.names():
             self._classify(name)
-        self._drop_broken_chains()
+
+    def sso_session(self, name: str) -> SsoSessionSpec | None:
+        """The ``[sso-session NAME]``, whether or not a profile uses it; ``None`` if undefined."""
+        section = self.aws.sso_sessions.get(name)
+        if name in self.sessions or section is None:
+            return self.sessions.get(name)
+        return self._named_session(name, section, None)
 
     def _session_for(self, name: str, section: Section) -> str:
         values = section.values
@@ -433,7 +720,9 @@ class _Builder:
             )
         return start_url
 
-    def _named_session(self, session_name: str, section: Section, profile: str) -> SsoSessionSpec:
+    def _named_session(
+        self, session_name: str, section: Section, profile: str | None
+    ) -> SsoSessionSpec:
         if session_name in self.sessions:
             return self.sessions[session_name]
         session = self.aws.sso_sessions.get(session_name)
@@ -471,6 +760,11 @@ class _Builder:
                 if served is not None:
                     self.profiles[name] = served
                     return
+            # botocore's order: the credentials file's keys, then login, then the rest (6.4)
+            keys_first = creds_section is not None and _static_keys(name, creds_section)
+            if section is not None and "login_session" in section.values and not keys_first:
+                self.profiles[name] = self._signin(name, section)
+                return
             for candidate in (creds_section, section):
                 keys = _static_keys(name, candidate) if candidate else None
                 if keys is not None:
@@ -483,12 +777,22 @@ class _Builder:
                     name, values["credential_process"], values.get("region") or None
                 )
                 self.unserved[name] = "credential_process profiles serve themselves"
-            elif "login_session" in values:
-                self.unserved[name] = "login_session (AWS Sign-In) is not supported by this version"
             elif section is not None and name != "default":
                 self.unserved[name] = "no credential source credd can serve"
         except _Unservable as exc:
             self.unserved[name] = str(exc)
+
+    def _signin(self, name: str, section: Section) -> SigninProfile:
+        """A ``login_session`` profile (``aws login``); profiles naming one share its session."""
+        login_session = section.values["login_session"]
+        if not login_session:
+            raise _Unservable(f"login_session is empty (run: credd login {name} --signin)")
+        region = section.values.get("region") or None
+        if login_session not in self.signin:
+            self.signin[login_session] = SigninSessionSpec(
+                name=login_session, region=region or DEFAULT_SIGNIN_REGION, profile=name
+            )
+        return SigninProfile(name=name, session=login_session, region=region)
 
     def _served(self, name: str, section: Section) -> ServedProfile | None:
         values = section.values
@@ -554,11 +858,18 @@ class _Builder:
             region=values.get("region") or None,
         )
 
-    def _drop_broken_chains(self) -> None:
-        """Unserve role profiles whose source chain does not end in a usable source."""
+    def drop_broken_chains(self) -> None:
+        """Unserve role profiles (and sessions) whose sources do not end in a usable source."""
         changed = True
         while changed:
             changed = False
+            for name, spec in list(self.trusted.items()):
+                reason = self._trusted_problem(spec, set())
+                if reason:
+                    del self.trusted[name]
+                    self.profiles.pop(name, None)
+                    self.unserved[name] = reason
+                    changed = True
             for name, profile in list(self.profiles.items()):
                 if not isinstance(profile, AssumeRoleProfile):
                     continue
@@ -568,10 +879,10 @@ class _Builder:
                     self.unserved[name] = reason
                     changed = True
 
-    def _chain_problem(self, profile: AssumeRoleProfile) -> str | None:
+    def _chain_problem(self, profile: AssumeRoleProfile | IdentityEnhancedProfile) -> str | None:
         seen = {profile.name}
-        current: str = profile.source_profile
-        while True:
+        current: str | None = profile.source_profile
+        while current is not None:
             if current in seen:
                 return f"source_profile chain loops back to {current!r}"
             seen.add(current)
@@ -581,13 +892,79 @@ class _Builder:
             if target is None:
                 why = self.unserved.get(current, "it is not defined")
                 return f"source_profile {current!r} cannot be used: {why}"
-            if isinstance(target, SsoRoleProfile):
+            if isinstance(target, SsoRoleProfile | SigninProfile):
                 return None
             current = target.source_profile
+        return None  # the default chain
+
+    def _trusted_problem(self, spec: TrustedIdentitySpec, seen: set[str]) -> str | None:
+        """What keeps a CreateTokenWithIAM session from working: its signer or its subject."""
+        seen.add(spec.name)
+        source = spec.source_profile
+        if source is not None and source not in self.sources:
+            target = self.profiles.get(source)
+            if target is None:
+                why = self.unserved.get(source, "it is not defined")
+                return f"source_profile {source!r} cannot be used: {why}"
+            if not isinstance(target, SsoRoleProfile | SigninProfile):
+                loop = self._chain_problem(target) if target.name != spec.name else "it is itself"
+                if loop:
+                    return f"source_profile {source!r} cannot be used: {loop}"
+        subject = spec.subject_session
+        if subject is None or subject in self.sessions:
+            return None
+        if subject in seen:
+            return f"subject_session chain loops back to {subject!r}"
+        inner = self.trusted.get(subject)
+        if inner is None:
+            why = self.unserved.get(subject, "it is not defined")
+            return f"subject_session {subject!r} cannot be used: {why}"
+        problem = self._trusted_problem(inner, seen)
+        return f"subject_session {subject!r} cannot be used: {problem}" if problem else None
 
 
 class _Unservable(Exception):
     """A well-formed profile credd cannot serve: reported, not fatal."""
+
+
+def _link_trusted(
+    trusted: _TrustedIdentity, builder: _Builder, credd: _CreddToml, paths: Paths
+) -> None:
+    """Check what a ``[profiles.NAME]`` names in the AWS config, and add it to the builder."""
+    spec, table, aws = trusted.spec, trusted.table, builder.aws
+    name = spec.name
+    if name in aws.names() or name in aws.sso_sessions or name in builder.sessions:
+        raise credd.profiles_table.error(
+            name, f"{name!r} is also a name in {paths.aws_config_file}; pick another name"
+        )
+    subject = spec.subject_session
+    known = subject is None or subject in credd.trusted or builder.sso_session(subject)
+    if not known:
+        raise table.error(
+            "subject_session",
+            f"{subject!r} is neither an [sso-session] of {paths.aws_config_file} "
+            "nor a [profiles.NAME] of this file",
+        )
+    source = spec.source_profile
+    endpoint_profile = None
+    if source is not None:
+        other = credd.trusted.get(source)
+        if source not in aws.names() and other is None:
+            raise table.error(
+                "source_profile",
+                f"{source!r} is not a profile of {paths.aws_config_file}, "
+                f"{paths.aws_credentials_file} or this file",
+            )
+        if other is not None and other.profile is None:
+            raise table.error(
+                "source_profile",
+                f"[profiles.{source}] has no role_arn: it serves a bearer token, not credentials",
+            )
+        if source in aws.profiles:
+            endpoint_profile = source  # its [services] endpoint_url applies
+    builder.trusted[name] = replace(spec, endpoint_profile=endpoint_profile)
+    if trusted.profile is not None:
+        builder.profiles[name] = replace(trusted.profile, endpoint_profile=endpoint_profile)
 
 
 def load_settings(paths: Paths) -> Settings:
@@ -595,14 +972,11 @@ def load_settings(paths: Paths) -> Settings:
     credd = _read_credd_toml(paths)
     aws = _AwsConfig(read_ini(paths.aws_config_file), read_ini(paths.aws_credentials_file))
     builder = _Builder(aws)
-    builder.build()
+    builder.classify()
+    for trusted in credd.trusted.values():
+        _link_trusted(trusted, builder, credd, paths)
+    builder.drop_broken_chains()
     unserved = dict(builder.unserved)
-    for name, reason in credd.unserved.items():
-        if name in builder.profiles or name in builder.sources:
-            raise credd.profiles_table.error(
-                name, f"{name!r} is also a profile in {paths.aws_config_file}; pick another name"
-            )
-        unserved[name] = reason
     for name in sorted(credd.refresh.prefetch):
         if name not in builder.profiles:
             raise credd.refresh_table.error("prefetch", f"{name!r} is not a profile credd serves")
@@ -611,7 +985,7 @@ def load_settings(paths: Paths) -> Settings:
         server=credd.server,
         refresh=credd.refresh,
         log=credd.log,
-        sessions=builder.sessions,
+        sessions={**builder.sessions, **builder.signin, **builder.trusted},
         profiles=builder.profiles,
         sources=builder.sources,
         unserved=unserved,

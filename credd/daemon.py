@@ -32,14 +32,24 @@ from credd import __version__
 from credd.aws import AwsClients
 from credd.broker import DEFAULT_REQUEST_DEADLINE, Broker
 from credd.clock import Clock, SystemClock
-from credd.config import ServerSettings, SessionSpec, Settings
+from credd.config import (
+    ServerSettings,
+    SessionSpec,
+    Settings,
+    SigninSessionSpec,
+    TrustedIdentitySpec,
+    load_settings,
+)
 from credd.desktop import notify_login_required
 from credd.errors import CreddError
 from credd.server import make_app
 from credd.sessions import Session, SessionState
+from credd.sessions.iam_tokens import IamTokenCache
 from credd.sessions.identity_center import IdentityCenterSession
+from credd.sessions.signin import SigninSession
+from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
 from credd.status import status_document
-from credd.store import JsonCacheDir, SsoCache, format_timestamp
+from credd.store import JsonCacheDir, LoginCache, SsoCache, format_timestamp
 from credd.systemd import Notifier, listen_sockets, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -195,6 +205,23 @@ def sso_cache(settings: Settings) -> SsoCache:
     )
 
 
+def login_cache(settings: Settings) -> LoginCache:
+    """``~/.aws/login/cache`` (``$AWS_LOGIN_CACHE_DIRECTORY``), shared with ``aws login``."""
+    paths = settings.paths
+    return LoginCache(
+        JsonCacheDir(paths.login_cache_dir, paths.lock_dir, paths.state_dir / "unreadable")
+    )
+
+
+def trusted_identity_cache(settings: Settings) -> IamTokenCache:
+    paths = settings.paths
+    return IamTokenCache(
+        JsonCacheDir(
+            paths.trusted_identity_cache_dir, paths.lock_dir, paths.state_dir / "unreadable"
+        )
+    )
+
+
 def aws_clients(settings: Settings) -> AwsClients:
     return AwsClients(settings.paths.aws_config_file, settings.paths.aws_credentials_file)
 
@@ -215,13 +242,44 @@ async def run_daemon(
     passed = listen_sockets(env, os.getpid())
     token = ensure_endpoint_token(settings.server.token_file)
     cache = sso_cache(settings)
+    logins = login_cache(settings)
+    iam_tokens = trusted_identity_cache(settings)
     clients = aws_clients(settings)
     async with anyio.create_task_group() as tg:
 
         def login_required(session: str, reason: str) -> None:
             tg.start_soon(notify_login_required, session, reason, env)
 
+        def subject(name: str) -> SubjectSession | None:
+            found = broker.session(name)
+            if isinstance(found, IdentityCenterSession | TrustedIdentitySession):
+                return found
+            return None
+
         def make_session(spec: SessionSpec) -> Session:
+            if isinstance(spec, SigninSessionSpec):
+                return SigninSession(
+                    spec,
+                    cache=logins,
+                    clients=clients,
+                    clock=clock,
+                    task_group=tg,
+                    # its credentials are the served ones (interface.md)
+                    margin_seconds=settings.refresh.credentials_margin_seconds,
+                    on_login_required=login_required,
+                )
+            if isinstance(spec, TrustedIdentitySpec):
+                return TrustedIdentitySession(
+                    spec,
+                    cache=iam_tokens,
+                    clients=clients,
+                    signer=broker.signer(spec.source_profile),
+                    sessions=subject,
+                    clock=clock,
+                    task_group=tg,
+                    margin_seconds=settings.refresh.token_margin_seconds,
+                    on_login_required=login_required,
+                )
             return IdentityCenterSession(
                 spec,
                 cache=cache,
@@ -243,7 +301,12 @@ async def run_daemon(
         control.apply(settings)
         await tg.start(broker.run)
         try:
-            app = make_app(broker, token, control.document)
+            app = make_app(
+                broker,
+                token,
+                control.document,
+                reload=lambda: control.reload(lambda: load_settings(control.settings.paths)),
+            )
             async with _serving(settings.server, app, passed) as (host, port):
                 control.listen = f"{host}:{port}"
                 handle = DaemonHandle(host, port, token, broker, control)

@@ -34,10 +34,11 @@ class LoginRequired(CreddError):
 
     code = "LoginRequired"
 
-    def __init__(self, session: str, reason: str) -> None:
+    def __init__(self, session: str, reason: str, *, action: str | None = None) -> None:
+        #: the command that logs the session in again
+        self.action = action or f"credd login {session}"
         super().__init__(
-            f"session {session!r} needs a new login: {reason}",
-            hint=f"run: credd login {session}",
+            f"session {session!r} needs a new login: {reason}", hint=f"run: {self.action}"
         )
         self.session = session
         self.reason = reason
@@ -55,12 +56,29 @@ class UpstreamError(CreddError):
         aws_code: str | None = None,
         transient: bool = True,
         hint: str | None = None,
+        status: int | None = None,
+        oauth_error: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         #: the AWS error code, verbatim, when AWS answered with one
         self.aws_code = aws_code
         #: whether trying again later may help
         self.transient = transient
+        #: the HTTP status of AWS's answer, when there was one
+        self.status = status
+        #: the OAuth 2.0 ``error`` member of the answer (Sign-In's ``TOKEN_EXPIRED``, ...)
+        self.oauth_error = oauth_error
+
+
+class AssertionRequired(CreddError):
+    """A jwt-bearer session has no assertion Identity Center accepts: the IdP must give one."""
+
+    code = "AssertionRequired"
+
+    def __init__(self, session: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"session {session!r} needs a new assertion: {reason}", hint=hint)
+        self.session = session
+        self.reason = reason
 
 
 class LoginError(CreddError):

@@ -33,6 +33,11 @@ class Paths:
         return self.runtime_dir / "token"
 
     @property
+    def trusted_identity_cache_dir(self) -> Path:
+        """credd's own cache of CreateTokenWithIAM tokens (no AWS tool has one to share)."""
+        return self.state_dir / "tokens"
+
+    @property
     def lock_dir(self) -> Path:
         # Locks stay out of ~/.aws/sso/cache: `aws sso logout` parses every file there.
         return self.runtime_dir / "locks"

@@ -1,9 +1,10 @@
 """Turning a session's access token, or another profile's keys, into role credentials.
 
 One fetcher per served profile: ``sso:GetRoleCredentials`` for Identity
-Center roles (protocols.md 3), STS ``AssumeRole`` for role chaining
-(protocols.md 5). Fetchers only fetch; keeping credentials warm is the
-broker's job.
+Center roles (protocols.md 3), STS ``AssumeRole`` for role chaining, and
+``AssumeRole`` with the identity context of a trusted-identity session for
+identity-enhanced role sessions (protocols.md 5). Fetchers only fetch;
+keeping credentials warm is the broker's job.
 """
 
 from __future__ import annotations
@@ -22,17 +23,30 @@ import anyio
 
 from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import AssumeRoleProfile, ProcessProfile, ServedProfile, SsoRoleProfile
+from credd.config import (
+    AssumeRoleProfile,
+    IdentityEnhancedProfile,
+    ProcessProfile,
+    ServedProfile,
+    SigningSource,
+    SigninProfile,
+    SsoRoleProfile,
+    StaticKeysProfile,
+)
 from credd.errors import LoginRequired, UpstreamError
 from credd.secret import Secret
 from credd.sessions import Session
 from credd.sessions.identity_center import IdentityCenterSession
+from credd.sessions.signin import SigninSession
+from credd.sessions.trusted_identity import TrustedIdentitySession
 from credd.store import format_timestamp
 
 #: portal answers that mean "this session may not have that role" (protocols.md 3)
 _ROLE_UNAVAILABLE = frozenset({"ForbiddenException", "ResourceNotFoundException"})
 _ARN_ACCOUNT = re.compile(r"^arn:[\w-]+:(?:iam|sts)::(\d{12}):")
 DEFAULT_STS_REGION = "us-east-1"
+#: the provider of the identity contexts CreateTokenWithIAM issues (protocols.md 5)
+IDENTITY_CENTER_PROVIDER = "arn:aws:iam::aws:contextProvider/IdentityCenter"
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +58,8 @@ class RoleCredentials:
     account_id: str | None
     #: when credd received them: the start of their lifetime as far as credd knows
     received_at: datetime = field(compare=False)
+    #: when their source replaces them, if it says (a Sign-In session): renew by then
+    renew_by: datetime | None = field(default=None, compare=False)
 
     @cached_property
     def body(self) -> bytes:
@@ -95,6 +111,28 @@ async def process_keys(profile: ProcessProfile) -> SigningKeys:
         raise UpstreamError(
             f"credential_process of profile {profile.name} printed no usable credentials"
         ) from exc
+
+
+async def source_keys(
+    source: str | None,
+    *,
+    sources: Mapping[str, SigningSource],
+    served: Callable[[str], Awaitable[SigningKeys]],
+    clients: AwsClients,
+) -> SigningKeys:
+    """The keys that sign a call for something sourced from ``source``.
+
+    Static keys or a ``credential_process`` directly; a served profile's credentials
+    through ``served``; ``None``: botocore's default chain (the environment first).
+    """
+    if source is None:
+        return await clients.default_keys()
+    signer = sources.get(source)
+    if isinstance(signer, StaticKeysProfile):
+        return SigningKeys(signer.access_key_id, signer.secret_access_key, signer.session_token)
+    if isinstance(signer, ProcessProfile):
+        return await process_keys(signer)
+    return await served(source)
 
 
 class Fetcher(Protocol):
@@ -190,8 +228,7 @@ class AssumeRoleFetcher:
 
     @property
     def session_name(self) -> str:
-        name = re.sub(r"[^\w+=,.@-]", "-", f"credd-{self._profile.name}")
-        return self._profile.role_session_name or name[:64]
+        return role_session_name(self._profile)
 
     async def fetch(self) -> RoleCredentials:
         profile = self._profile
@@ -204,45 +241,160 @@ class AssumeRoleFetcher:
             request["DurationSeconds"] = profile.duration_seconds
         if profile.external_id is not None:
             request["ExternalId"] = profile.external_id
+        return await assume_role(
+            request,
+            keys=keys,
+            region=profile.region,
+            endpoint_profile=profile.name,
+            signer=f"profile {profile.source_profile}",
+            clients=self._clients,
+            clock=self._clock,
+        )
+
+
+def role_session_name(profile: AssumeRoleProfile | IdentityEnhancedProfile) -> str:
+    """``role_session_name``, else ``credd-PROFILE`` made fit for STS."""
+    name = re.sub(r"[^\w+=,.@-]", "-", f"credd-{profile.name}")
+    return profile.role_session_name or name[:64]
+
+
+async def assume_role(
+    request: Mapping[str, Any],
+    *,
+    keys: SigningKeys,
+    region: str | None,
+    endpoint_profile: str | None,
+    signer: str,
+    clients: AwsClients,
+    clock: Clock,
+    hint: str = "check the role's trust policy, role_arn and external_id",
+) -> RoleCredentials:
+    """STS ``AssumeRole`` (protocols.md 5) signed with ``keys``; ``signer`` names their source."""
+    role_arn = str(request["RoleArn"])
+    try:
+        async with clients.client(
+            "sts", region=region or DEFAULT_STS_REGION, profile=endpoint_profile, keys=keys
+        ) as sts:
+            answer = await sts.assume_role(**request)
+    except UpstreamError as exc:
+        if exc.transient or exc.aws_code in {"ExpiredToken", "ExpiredTokenException"}:
+            raise
+        raise UpstreamError(
+            f"cannot assume {role_arn} from {signer}: {exc.message}",
+            aws_code=exc.aws_code,
+            transient=False,
+            hint=hint,
+        ) from exc
+    try:
+        creds = answer["Credentials"]
+        expiration = creds["Expiration"]
+        if not isinstance(expiration, datetime):
+            raise TypeError("Expiration is not a timestamp")
+        match = _ARN_ACCOUNT.match(str(answer.get("AssumedRoleUser", {}).get("Arn", "")))
+        match = match or _ARN_ACCOUNT.match(role_arn)
+        return RoleCredentials(
+            access_key_id=str(creds["AccessKeyId"]),
+            secret_access_key=Secret(str(creds["SecretAccessKey"])),
+            session_token=Secret(str(creds["SessionToken"])),
+            expiration=expiration.astimezone(UTC),
+            account_id=match.group(1) if match else None,
+            received_at=clock.now(),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError("sts AssumeRole answered without credentials") from exc
+
+
+class IdentityEnhancedRoleFetcher:
+    """STS ``AssumeRole`` with ``ProvidedContexts``: a role session on a user's behalf.
+
+    The identity context comes from the trusted-identity session (protocols.md 5);
+    the call is signed with the same keys that sign its CreateTokenWithIAM.
+    """
+
+    def __init__(
+        self,
+        profile: IdentityEnhancedProfile,
+        session: TrustedIdentitySession,
+        source: Callable[[], Awaitable[SigningKeys]],
+        *,
+        clients: AwsClients,
+        clock: Clock,
+    ) -> None:
+        self._profile = profile
+        self._session = session
+        self._source = source
+        self._clients = clients
+        self._clock = clock
+
+    async def fetch(self) -> RoleCredentials:
+        context = await self._session.identity_context()
+        keys = await self._source()
         try:
-            async with self._clients.client(
-                "sts", region=profile.region or DEFAULT_STS_REGION, profile=profile.name, keys=keys
-            ) as sts:
-                answer = await sts.assume_role(**request)
+            return await self._assume(keys, context)
         except UpstreamError as exc:
-            if exc.transient or exc.aws_code in {"ExpiredToken", "ExpiredTokenException"}:
+            if exc.aws_code != "ExpiredTokenException":
                 raise
-            raise UpstreamError(
-                f"cannot assume {profile.role_arn} from profile {profile.source_profile}: "
-                f"{exc.message}",
-                aws_code=exc.aws_code,
-                transient=False,
-                hint="check the role's trust policy, role_arn and external_id",
-            ) from exc
-        try:
-            creds = answer["Credentials"]
-            expiration = creds["Expiration"]
-            if not isinstance(expiration, datetime):
-                raise TypeError("Expiration is not a timestamp")
-            match = _ARN_ACCOUNT.match(str(answer.get("AssumedRoleUser", {}).get("Arn", "")))
-            match = match or _ARN_ACCOUNT.match(profile.role_arn)
-            return RoleCredentials(
-                access_key_id=str(creds["AccessKeyId"]),
-                secret_access_key=Secret(str(creds["SecretAccessKey"])),
-                session_token=Secret(str(creds["SessionToken"])),
-                expiration=expiration.astimezone(UTC),
-                account_id=match.group(1) if match else None,
-                received_at=self._clock.now(),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError("sts AssumeRole answered without credentials") from exc
+            # the identity context lapsed (it lives as long as the access token): renew once
+            return await self._assume(keys, await self._session.context_rejected(context))
+
+    async def _assume(self, keys: SigningKeys, context: Secret) -> RoleCredentials:
+        profile = self._profile
+        request: dict[str, Any] = {
+            "RoleArn": profile.role_arn,
+            "RoleSessionName": role_session_name(profile),
+            "ProvidedContexts": [
+                {"ProviderArn": IDENTITY_CENTER_PROVIDER, "ContextAssertion": context.reveal()}
+            ],
+        }
+        if profile.duration_seconds is not None:
+            request["DurationSeconds"] = profile.duration_seconds
+        source = profile.source_profile
+        return await assume_role(
+            request,
+            keys=keys,
+            region=profile.region,
+            endpoint_profile=profile.endpoint_profile,
+            signer=f"profile {source}" if source else "the default credential chain",
+            clients=self._clients,
+            clock=self._clock,
+            hint="check role_arn and that the role's trust policy allows sts:SetContext",
+        )
+
+
+class SigninFetcher:
+    """A ``login_session`` profile: the Sign-In session's own credentials (protocols.md 4).
+
+    Nothing to exchange: the session renews them, and this hands them on. Asked
+    again while it still holds the set it handed out last, it has the session
+    renew them (the keeper asks only when they are due), so a keeper never
+    spins on credentials that are not replaced.
+    """
+
+    def __init__(self, profile: SigninProfile, session: SigninSession) -> None:
+        self._profile = profile
+        self._session = session
+        self._handed: str | None = None
+
+    async def fetch(self) -> RoleCredentials:
+        issued = await self._session.credentials(replacing=self._handed)
+        token = issued.token
+        self._handed = token.access_key_id
+        return RoleCredentials(
+            access_key_id=token.access_key_id,
+            secret_access_key=token.secret_access_key,
+            session_token=token.session_token,
+            expiration=token.expires_at,
+            account_id=token.account_id,
+            received_at=issued.issued_at,
+            renew_by=issued.renew_by,
+        )
 
 
 def make_fetcher(
     spec: ServedProfile,
     *,
     sessions: Mapping[str, Session],
-    source_keys: Callable[[str], Awaitable[SigningKeys]],
+    source_keys: Callable[[str | None], Awaitable[SigningKeys]],
     clients: AwsClients,
     clock: Clock,
 ) -> Fetcher:
@@ -254,6 +406,17 @@ def make_fetcher(
                 f"profile {spec.name}: {spec.session} is not an Identity Center session"
             )
         return SsoRoleFetcher(spec, session, clients=clients, clock=clock)
+    if isinstance(spec, SigninProfile):
+        signin = sessions[spec.session]
+        if not isinstance(signin, SigninSession):
+            raise TypeError(f"profile {spec.name}: {spec.session} is not a Sign-In session")
+        return SigninFetcher(spec, signin)
+    if isinstance(spec, IdentityEnhancedProfile):
+        trusted = sessions[spec.session]
+        if not isinstance(trusted, TrustedIdentitySession):
+            raise TypeError(f"profile {spec.name}: {spec.session} is no trusted-identity session")
+        source = functools.partial(source_keys, spec.source_profile)
+        return IdentityEnhancedRoleFetcher(spec, trusted, source, clients=clients, clock=clock)
     return AssumeRoleFetcher(
         spec, functools.partial(source_keys, spec.source_profile), clients=clients, clock=clock
     )

@@ -20,12 +20,15 @@ from aiohttp import web
 
 from credd.broker import Broker
 from credd.errors import CreddError, LoginRequired, NotServed, UpstreamError
+from credd.store import format_timestamp
 
 log = structlog.get_logger(__name__)
 
 BROKER = web.AppKey("broker", Broker)
 TOKEN = web.AppKey("token", bytes)
 STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("status")
+#: re-reads the configuration; ``True`` once the new one is in service
+RELOAD: web.AppKey[Callable[[], bool] | None] = web.AppKey("reload")
 UNAUTHENTICATED = frozenset({"/healthz"})
 _HEALTHY = json.dumps({"status": "ok"}).encode()
 _MAX_ECHO = 80
@@ -107,6 +110,11 @@ async def credentials(request: web.Request) -> web.Response:
     creds = broker.usable(name)
     if creds is None:
         if not broker.knows(name):
+            if broker.bearer_session(name) is not None:
+                raise NotServed(
+                    f"{_echo(name)!r} serves only a bearer token (its [profiles.{_echo(name)}] "
+                    f"has no role_arn): GET /v1/tokens/{_echo(name)} or credd token {_echo(name)}"
+                )
             raise NotServed(f"no profile named {_echo(name)!r} is served; see credd status")
         creds = await broker.credentials(name)
     return web.Response(body=creds.body, content_type="application/json")
@@ -121,8 +129,20 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def token(request: web.Request) -> web.Response:
+    """A trusted-identity session's access token, for applications that call APIs with it."""
     name = request.match_info["name"]
-    raise NotServed(f"no trusted-identity session named {_echo(name)!r}")
+    broker = request.app[BROKER]
+    session = broker.bearer_session(name)
+    if session is None:
+        raise NotServed(f"no trusted-identity session named {_echo(name)!r}; see credd status")
+    bearer = await broker.bearer_token(session)
+    document = {
+        "accessToken": bearer.access_token.reveal(),
+        "tokenType": bearer.token_type,
+        "expiresAt": format_timestamp(bearer.expires_at),
+        "scopes": list(bearer.scopes),
+    }
+    return _json(document)
 
 
 async def sync_session(request: web.Request) -> web.Response:
@@ -131,16 +151,33 @@ async def sync_session(request: web.Request) -> web.Response:
     return _json({"name": state.name, "state": state.state})
 
 
+async def reload_config(request: web.Request) -> web.Response:
+    """After ``credd login --signin`` wrote a profile: re-read both configurations (as SIGHUP)."""
+    reload = request.app[RELOAD]
+    if reload is None or not reload():
+        raise CreddError(
+            "the configuration could not be reloaded; the running one is kept",
+            hint="see the daemon's log",
+        )
+    return _json({"reloaded": True})
+
+
 def make_app(
-    broker: Broker, endpoint_token: str, status_document: Callable[[], dict[str, Any]]
+    broker: Broker,
+    endpoint_token: str,
+    status_document: Callable[[], dict[str, Any]],
+    *,
+    reload: Callable[[], bool] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[BROKER] = broker
     app[TOKEN] = endpoint_token.encode()
     app[STATUS] = status_document
+    app[RELOAD] = reload
     app.router.add_get("/v1/credentials/{profile}", credentials, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/v1/status", status, allow_head=False)
     app.router.add_get("/v1/tokens/{name}", token, allow_head=False)
     app.router.add_post("/v1/sessions/{name}/sync", sync_session)
+    app.router.add_post("/v1/reload", reload_config)
     return app

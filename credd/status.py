@@ -83,8 +83,22 @@ def _when(value: object) -> str:
 
 
 def _note(record: Mapping[str, Any]) -> str:
-    parts = [record.get("last_error"), record.get("action") and f"run: {record['action']}"]
+    parts = [
+        record.get("who"),
+        _downscoped(record.get("details")),
+        record.get("last_error"),
+        record.get("action") and f"run: {record['action']}",
+    ]
     return "; ".join(str(p) for p in parts if p)
+
+
+def _downscoped(details: object) -> str | None:
+    """A trusted-identity session granted fewer scopes than it asked for says so."""
+    if not isinstance(details, Mapping) or not details.get("downscoped"):
+        return None
+    asked = ", ".join(map(str, details.get("requested_scopes") or []))
+    granted = ", ".join(map(str, details.get("granted_scopes") or [])) or "none"
+    return f"asked for scopes {asked}, granted {granted}"
 
 
 def render_status(document: Mapping[str, Any]) -> str:

@@ -392,3 +392,146 @@ class SsoCache:
 
     def save_registration(self, name: str, registration: Registration) -> None:
         self.files.write(name, registration.to_json())
+
+
+# --------------------------------------------------------------------------- Sign-In logins
+
+
+def sha256_name(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+_LOGIN_FIELDS = frozenset(
+    {"accessToken", "tokenType", "clientId", "refreshToken", "idToken", "dpopKey"}
+)
+_LOGIN_CREDENTIAL_FIELDS = frozenset(
+    {"accessKeyId", "secretAccessKey", "sessionToken", "accountId", "expiresAt"}
+)
+
+
+@dataclass(frozen=True)
+class LoginToken:
+    """One ``~/.aws/login/cache/<sha256>.json`` entry, written by ``aws login`` or credd (6.2).
+
+    Its "access token" is a set of SigV4 credentials (at most 15 minutes), renewed
+    with the DPoP-bound ``refresh_token`` and the ``dpop_key`` (a PEM string).
+    """
+
+    access_key_id: str
+    secret_access_key: Secret
+    session_token: Secret
+    account_id: str | None
+    expires_at: datetime
+    client_id: str
+    dpop_key: Secret
+    refresh_token: Secret | None = None
+    token_type: str | None = None
+    id_token: Secret | None = None
+    #: fields other tools wrote that credd does not know; written back untouched
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    credential_extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def with_credentials(
+        self,
+        *,
+        access_key_id: str,
+        secret_access_key: Secret,
+        session_token: Secret,
+        expires_at: datetime,
+        refresh_token: Secret,
+    ) -> LoginToken:
+        """A refresh's result: new credentials and refresh token, everything else kept (6.2)."""
+        return replace(
+            self,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+            session_token=session_token,
+            expires_at=expires_at,
+            refresh_token=refresh_token,
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: Path) -> LoginToken:
+        try:
+            creds = data["accessToken"]
+            if not isinstance(creds, dict):
+                raise ValueError("accessToken is not an object")
+            keys = [creds[k] for k in ("accessKeyId", "secretAccessKey", "sessionToken")]
+            if not all(isinstance(k, str) and k for k in keys):
+                raise ValueError("accessToken lacks accessKeyId, secretAccessKey or sessionToken")
+            client_id, dpop_key = data["clientId"], data["dpopKey"]
+            if not isinstance(client_id, str) or not isinstance(dpop_key, str) or not dpop_key:
+                raise ValueError("clientId and dpopKey must be strings")
+            account = creds.get("accountId")
+            return cls(
+                access_key_id=keys[0],
+                secret_access_key=Secret(keys[1]),
+                session_token=Secret(keys[2]),
+                account_id=str(account) if account else None,
+                expires_at=parse_timestamp(creds["expiresAt"]),
+                client_id=client_id,
+                dpop_key=Secret(dpop_key),
+                refresh_token=_opt_secret(data, "refreshToken"),
+                token_type=_opt_str(data, "tokenType"),
+                id_token=_opt_secret(data, "idToken"),
+                extra={k: v for k, v in data.items() if k not in _LOGIN_FIELDS},
+                credential_extra={
+                    k: v for k, v in creds.items() if k not in _LOGIN_CREDENTIAL_FIELDS
+                },
+            )
+        except KeyError as exc:
+            raise CacheCorrupt(path, f"{exc.args[0]} is missing") from exc
+        except (ValueError, TypeError) as exc:
+            raise CacheCorrupt(path, str(exc)) from exc
+
+    def to_json(self) -> dict[str, Any]:
+        """The AWS CLI's layout and key order (``_exchange_auth_code_for_access_token``)."""
+        creds: dict[str, Any] = {
+            "accessKeyId": self.access_key_id,
+            "secretAccessKey": self.secret_access_key.reveal(),
+            "sessionToken": self.session_token.reveal(),
+        }
+        if self.account_id is not None:
+            creds["accountId"] = self.account_id
+        creds["expiresAt"] = format_timestamp(self.expires_at)
+        creds.update(self.credential_extra)
+        out: dict[str, Any] = {"accessToken": creds}
+        if self.token_type is not None:
+            out["tokenType"] = self.token_type
+        out["clientId"] = self.client_id
+        if self.refresh_token is not None:
+            out["refreshToken"] = self.refresh_token.reveal()
+        if self.id_token is not None:
+            out["idToken"] = self.id_token.reveal()
+        out["dpopKey"] = self.dpop_key.reveal()
+        out.update(self.extra)
+        return out
+
+
+class LoginCache:
+    """Typed access to ``~/.aws/login/cache``: one file per ``login_session`` (protocols.md 6.2)."""
+
+    def __init__(self, files: JsonCacheDir) -> None:
+        self.files = files
+
+    @staticmethod
+    def token_name(login_session: str) -> str:
+        """``sha256(login_session)``, the AWS CLI's ``generate_login_cache_key``."""
+        return sha256_name(login_session)
+
+    def load_token(self, login_session: str) -> LoginToken | None:
+        name = self.token_name(login_session)
+        data = self.files.read(name)
+        return None if data is None else LoginToken.from_json(data, self.files.path(name))
+
+    def save_token(self, login_session: str, token: LoginToken) -> None:
+        self.files.write(self.token_name(login_session), token.to_json())
+
+    def delete_token(self, login_session: str) -> bool:
+        return self.files.delete(self.token_name(login_session))
+
+    def token_mtime(self, login_session: str) -> float | None:
+        return self.files.mtime(self.token_name(login_session))
+
+    def lock(self, login_session: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.files.lock(self.token_name(login_session))

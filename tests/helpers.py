@@ -14,7 +14,7 @@ import boto3
 from botocore.credentials import ContainerProvider
 
 from credd.clock import Clock
-from credd.config import Settings
+from credd.config import Settings, SsoSessionSpec
 from credd.daemon import DaemonHandle, aws_clients, sso_cache
 from credd.sessions.sso_login import LoginOptions, SsoLogin
 from credd.store import SsoToken
@@ -48,7 +48,7 @@ async def login(
 ) -> SsoToken:
     """``credd login NAME`` in process; ``$BROWSER`` (the test browser) approves."""
     spec = settings.session_for(name)
-    assert spec is not None
+    assert isinstance(spec, SsoSessionSpec)
     return await SsoLogin(
         spec,
         cache=sso_cache(settings),
@@ -76,7 +76,9 @@ async def get(
         return answer.status, json.loads(await answer.read())
 
 
-def _identity(uri: str, token_file: str, sts_url: str) -> dict[str, Any]:
+def _identity(
+    uri: str, token_file: str, sts_url: str, raw: list[bytes] | None = None
+) -> dict[str, Any]:
     provider = ContainerProvider(
         environ={
             "AWS_CONTAINER_CREDENTIALS_FULL_URI": uri,
@@ -94,16 +96,29 @@ def _identity(uri: str, token_file: str, sts_url: str) -> dict[str, Any]:
         aws_secret_access_key=frozen.secret_key,
         aws_session_token=frozen.token,
     )
+    if raw is not None:  # what botocore's parser drops (an identity-enhanced OnBehalfOf)
+        sts.meta.events.register(
+            "after-call.sts.GetCallerIdentity",
+            lambda http_response, **_: raw.append(http_response.content),
+        )
     identity: dict[str, Any] = sts.get_caller_identity()
     return identity
 
 
 async def sdk_identity(
-    handle: DaemonHandle, settings: Settings, profile: str, sts_url: str
+    handle: DaemonHandle,
+    settings: Settings,
+    profile: str,
+    sts_url: str,
+    *,
+    raw: list[bytes] | None = None,
 ) -> dict[str, Any]:
-    """What STS says of the credentials botocore's container provider gets from credd."""
+    """What STS says of the credentials botocore's container provider gets from credd.
+
+    ``raw`` collects the answer's XML, which has what botocore's parser drops.
+    """
     call: Callable[[], dict[str, Any]] = lambda: _identity(  # noqa: E731
-        f"{handle.url}/v1/credentials/{profile}", str(settings.server.token_file), sts_url
+        f"{handle.url}/v1/credentials/{profile}", str(settings.server.token_file), sts_url, raw
     )
     return await anyio.to_thread.run_sync(call)
 

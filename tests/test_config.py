@@ -14,9 +14,12 @@ from credd.config import (
     LogSettings,
     RefreshSettings,
     Settings,
+    SigninProfile,
+    SigninSessionSpec,
     SsoRoleProfile,
     SsoSessionSpec,
     StaticKeysProfile,
+    TrustedIdentitySpec,
     load_settings,
 )
 from credd.errors import ConfigError
@@ -124,7 +127,9 @@ def test_config_as_the_aws_cli_writes_it(home: Home) -> None:
         legacy=False,
         endpoint_profile="dev",
     )
-    assert dict(settings.sessions) == {"my-sso": session}
+    alice = "arn:aws:iam::123456789012:user/alice"
+    signin = SigninSessionSpec(name=alice, region="us-east-1", profile="console")
+    assert dict(settings.sessions) == {"my-sso": session, alice: signin}
     assert session.cache_key == "my-sso"
     assert dict(settings.profiles) == {
         "dev": SsoRoleProfile(
@@ -133,11 +138,12 @@ def test_config_as_the_aws_cli_writes_it(home: Home) -> None:
             account_id="123456789012",
             role_name="ReadOnly",
             region="us-west-2",
-        )
+        ),
+        "console": SigninProfile(name="console", session=alice, region="us-east-1"),
     }
     assert settings.region_of("dev") == "us-west-2"
     assert settings.region_of("nope") is None
-    assert "login_session" in settings.unserved["console"]
+    assert "console" not in settings.unserved
     assert settings.sources == {}
 
 
@@ -172,8 +178,11 @@ def test_registration_scopes_default_and_list(home: Home) -> None:
         """
     )
     sessions = home.settings().sessions
-    assert sessions["plain"].registration_scopes == DEFAULT_SCOPES
-    assert sessions["many"].registration_scopes == (
+    plain, many = sessions["plain"], sessions["many"]
+    assert isinstance(plain, SsoSessionSpec)
+    assert isinstance(many, SsoSessionSpec)
+    assert plain.registration_scopes == DEFAULT_SCOPES
+    assert many.registration_scopes == (
         "sso:account:access",
         "codewhisperer:completions",
     )
@@ -191,6 +200,7 @@ def test_legacy_profile_session_is_named_by_start_url(home: Home) -> None:
     )
     settings = home.settings()
     session = settings.sessions[START_URL]
+    assert isinstance(session, SsoSessionSpec)
     assert session.legacy is True
     assert session.name == START_URL
     assert session.cache_key == START_URL
@@ -368,8 +378,8 @@ source_profile = dev
     # a chain through a broken profile names the break, wherever it lies
     assert "'loop-a'" in unserved["on-loop"] or "'loop-b'" in unserved["on-loop"]
     assert "'orphan'" in unserved["on-orphan"] or "'nowhere'" in unserved["on-orphan"]
-    assert "'console'" in unserved["on-login"]
-    assert set(settings.profiles) == {"dev", "fine"}
+    assert "on-login" not in unserved  # a Sign-In profile is a source like any other
+    assert set(settings.profiles) == {"dev", "fine", "console", "on-login"}
 
 
 def test_role_without_source_profile_is_unserved(home: Home) -> None:
@@ -431,7 +441,7 @@ region = eu-west-1
     assert "sso_start_url" in settings.unserved["nostart"]
     assert "no credential source" in settings.unserved["region-only"]
     assert "default" not in settings.unserved
-    assert set(settings.profiles) == {"dev"}
+    assert set(settings.profiles) == {"dev", "console"}
 
 
 @pytest.mark.parametrize(
@@ -611,7 +621,8 @@ source_profile = admin
     assert settings.session_for("dev") is session
     assert settings.session_for("admin") is session
     assert settings.session_for("deeper") is session
-    assert settings.session_for("console") is None
+    signin = settings.sessions["arn:aws:iam::123456789012:user/alice"]
+    assert settings.session_for("console") is signin
     assert settings.session_for("unknown") is None
 
 
@@ -800,12 +811,12 @@ def test_prefetch_of_an_unknown_profile_is_an_error(home: Home) -> None:
 
 
 def test_prefetch_of_an_unserved_profile_is_an_error(home: Home) -> None:
-    home.config(CLI_CONFIG)
-    home.toml('[refresh]\nprefetch = ["console"]\n')
-    assert "'console'" in home.error()
+    home.config(CLI_CONFIG + "\n[profile bare]\nregion = eu-west-1\n")
+    home.toml('[refresh]\nprefetch = ["bare"]\n')
+    assert "'bare'" in home.error()
 
 
-def test_create_token_with_iam_profile_is_unserved_with_reason(home: Home) -> None:
+def test_create_token_with_iam_profile_without_role_is_a_bearer_only_session(home: Home) -> None:
     home.config(CLI_CONFIG)
     home.toml(
         """\
@@ -818,8 +829,9 @@ def test_create_token_with_iam_profile_is_unserved_with_reason(home: Home) -> No
         """
     )
     settings = home.settings()
-    assert "analyst" not in settings.profiles
-    assert "create-token-with-iam" in settings.unserved["analyst"]
+    assert "analyst" not in settings.profiles  # no role_arn: only its bearer token
+    assert "analyst" not in settings.unserved
+    assert isinstance(settings.sessions["analyst"], TrustedIdentitySpec)
     assert "dev" in settings.profiles
 
 

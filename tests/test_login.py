@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from credd.clock import ManualClock
+from credd.config import SsoSessionSpec
 from credd.daemon import aws_clients, sso_cache
 from credd.errors import LoginError
 from credd.sessions.sso_login import LoginOptions, SsoLogin
@@ -66,7 +67,7 @@ async def test_device_code_expires_unapproved(home: Home, emu: Emulator) -> None
     settings = home.settings()
     clock = clock_of(emu)
     spec = settings.session_for("my-sso")
-    assert spec is not None
+    assert isinstance(spec, SsoSessionSpec)
     ui = RecordingUI()
     attempt = SsoLogin(
         spec,

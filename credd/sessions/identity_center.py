@@ -17,7 +17,6 @@ Interactive login lives in :mod:`credd.sessions.sso_login`.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -33,7 +32,7 @@ from credd.errors import CreddError, LoginRequired, UpstreamError
 from credd.flight import SingleFlight
 from credd.schedule import renewal_time, retry_time
 from credd.secret import Secret
-from credd.sessions import SessionState, SessionStatus
+from credd.sessions import SessionState, SessionStatus, run_renewal_loop
 from credd.store import CacheCorrupt, SsoCache, SsoToken
 
 log = structlog.get_logger(__name__)
@@ -337,20 +336,14 @@ class IdentityCenterSession:
         Sleeps in short chunks so that a token another process writes (a new
         login, an AWS CLI refresh) is picked up within seconds.
         """
-        self._adopt_if_changed(self._clock.now())
-        task_status.started()
-        while True:
-            now = self._clock.now()
-            wake = self._next_wake(now)
-            poll_until = now + timedelta(seconds=LOGIN_POLL_SECONDS)
-            await self._clock.sleep_until(poll_until if wake is None else min(wake, poll_until))
-            now = self._clock.now()
-            self._adopt_if_changed(now)
-            if wake is None or now < wake or self._next_wake(now) is None:
-                continue
-            # A failure is recorded by _fail: the next wake retries, or waits for a login.
-            with contextlib.suppress(CreddError):
-                await self._flight.run()
+        await run_renewal_loop(
+            clock=self._clock,
+            adopt=self._adopt_if_changed,
+            next_wake=self._next_wake,
+            renew=self._flight.run,
+            poll_seconds=LOGIN_POLL_SECONDS,
+            task_status=task_status,
+        )
 
     def _next_wake(self, now: datetime) -> datetime | None:
         """When the loop has work to do; ``None`` while only a login can help."""

@@ -9,62 +9,39 @@ reused until it nears expiry. What the user sees goes through a
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
-import string
-import uuid
-import webbrowser
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 import anyio
 import structlog
-from aiohttp import web
 
 from credd.aws import AwsClients
 from credd.clock import Clock
 from credd.config import SsoSessionSpec
 from credd.errors import LoginError, UpstreamError
 from credd.secret import Secret
+from credd.sessions.loopback import (
+    REGISTERED_REDIRECT,
+    LoginOptions,
+    LoginUI,
+    Pkce,
+    loopback_redirect,
+    open_in_browser,
+)
 from credd.store import Registration, SsoCache, SsoToken, registration_cache_name
+
+__all__ = ["LoginOptions", "LoginUI", "SsoLogin"]
 
 log = structlog.get_logger(__name__)
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 AUTH_CODE_GRANT = "authorization_code"
-CALLBACK_PATH = "/oauth/callback"
-#: registered without a port; the port is added per login (RFC 8252 section 7.3)
-REGISTERED_REDIRECT = f"http://127.0.0.1{CALLBACK_PATH}"
-#: how long the browser step may take before the login gives up (the AWS CLI's 10 min)
-BROWSER_TIMEOUT_SECONDS = 600.0
 #: a registration closer than this to its expiry is replaced at login, so that
 #: the session the login starts can be renewed for a good while
 REGISTRATION_RENEW_WINDOW = timedelta(days=7)
-_VERIFIER_ALPHABET = string.ascii_letters + string.digits + "-._~"
-
-
-class LoginUI(Protocol):
-    """How a login talks to the person at the keyboard."""
-
-    def prompt(self, url: str, user_code: str | None, deadline: datetime) -> None:
-        """Show the URL to open (and the code to check), and start showing progress."""
-
-    def browser_opened(self, opened: bool) -> None:
-        """Say whether a browser was started for the URL."""
-
-    def notice(self, message: str) -> None:
-        """A line of news (another login is in progress, a code was refused...)."""
-
-
-@dataclass(frozen=True)
-class LoginOptions:
-    device: bool = False
-    open_browser: bool = True
 
 
 class SsoLogin:
@@ -202,51 +179,33 @@ class SsoLogin:
 
     async def _auth_code_flow(self) -> _Answer:
         registration = await self._registration(auth_code=True)
-        verifier = "".join(secrets.choice(_VERIFIER_ALPHABET) for _ in range(64))
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .decode()
-            .rstrip("=")
-        )
-        state = str(uuid.uuid4())
-        async with _callback_listener() as (port, callback), self._oidc() as oidc:
-            redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
+        pkce = Pkce.new()
+        async with loopback_redirect() as redirect, self._oidc() as oidc:
             params = {
                 "response_type": "code",
                 "client_id": registration.client_id,
-                "redirect_uri": redirect_uri,
-                "state": state,
+                "redirect_uri": redirect.uri,
+                "state": redirect.state,
                 "code_challenge_method": "S256",
                 "scopes": " ".join(self._spec.registration_scopes),
-                "code_challenge": challenge,
+                "code_challenge": pkce.challenge,
             }
             url = f"{oidc.meta.endpoint_url.rstrip('/')}/authorize?{urlencode(params)}"
-            deadline = self._clock.now() + timedelta(seconds=BROWSER_TIMEOUT_SECONDS)
-            self._ui.prompt(url, None, deadline)
-            await self._open_browser(url)
-            try:
-                with anyio.fail_after(BROWSER_TIMEOUT_SECONDS):
-                    query = await callback.receive()
-            except TimeoutError as exc:
-                raise LoginError(
-                    f"no answer from the browser within {BROWSER_TIMEOUT_SECONDS / 60:.0f} minutes",
-                    hint=f"run credd login {self._spec.name} again, or use --device",
-                ) from exc
-            if query.get("state") != state:
-                raise LoginError("the browser answered for another login (state mismatch)")
-            if "error" in query:
-                detail = query.get("error_description") or query["error"]
-                raise LoginError(f"the sign-in was refused: {detail}")
-            if not query.get("code"):
-                raise LoginError("the browser came back without an authorization code")
+            code = await redirect.code(
+                url,
+                ui=self._ui,
+                clock=self._clock,
+                open_browser=self._options.open_browser,
+                again=f"run credd login {self._spec.name} again, or use --device",
+            )
             try:
                 token = await oidc.create_token(
                     clientId=registration.client_id,
                     clientSecret=registration.client_secret.reveal(),
                     grantType=AUTH_CODE_GRANT,
-                    code=query["code"],
-                    redirectUri=redirect_uri,
-                    codeVerifier=verifier,
+                    code=code,
+                    redirectUri=redirect.uri,
+                    codeVerifier=pkce.verifier,
                 )
             except UpstreamError as exc:
                 if exc.aws_code == "ExpiredTokenException":
@@ -258,11 +217,7 @@ class SsoLogin:
             return _Answer(token, registration)
 
     async def _open_browser(self, url: str) -> None:
-        opened = False
-        if self._options.open_browser:
-            # webbrowser may block (it can start a text-mode browser): keep it off the loop.
-            opened = await anyio.to_thread.run_sync(webbrowser.open, url)
-        self._ui.browser_opened(opened)
+        await open_in_browser(url, self._ui, enabled=self._options.open_browser)
 
     # ------------------------------------------------------------------ storing
 
@@ -293,47 +248,3 @@ class SsoLogin:
 class _Answer:
     body: Mapping[str, Any]
     registration: Registration
-
-
-_PAGE = (
-    "<!doctype html><meta charset=utf-8><title>credd</title>"
-    "<body style='font-family:sans-serif'><h1>{title}</h1><p>{text}</p>"
-)
-
-
-@asynccontextmanager
-async def _callback_listener() -> AsyncIterator[
-    tuple[int, anyio.abc.ObjectReceiveStream[dict[str, str]]]
-]:
-    """A one-shot HTTP listener on 127.0.0.1 for the browser's redirect (protocols.md 2.5)."""
-    send, receive = anyio.create_memory_object_stream[dict[str, str]](1)
-
-    async def callback(request: web.Request) -> web.Response:
-        query = dict(request.query)
-        ok = "error" not in query and "code" in query
-        try:
-            send.send_nowait(query)
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            ok = False  # a second redirect after the first one was taken
-        title = "Signed in" if ok else "Sign-in not completed"
-        text = (
-            "credd has your session. You can close this tab."
-            if ok
-            else "Go back to the terminal for details."
-        )
-        return web.Response(text=_PAGE.format(title=title, text=text), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get(CALLBACK_PATH, callback)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = int(runner.addresses[0][1])
-    try:
-        async with receive:
-            yield port, receive
-    finally:
-        send.close()
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()

@@ -1,0 +1,587 @@
+"""Trusted identity propagation: one CreateTokenWithIAM session per ``[profiles.NAME]``.
+
+An application signs in to IAM Identity Center on a user's behalf with its
+own IAM credentials (the profile's ``source_profile``, or the default chain)
+and one of the grants of protocols.md 2.2:
+
+* ``jwt-bearer``: an external identity provider's assertion
+  (:mod:`credd.assertions`), fetched anew only when the one held nears its
+  ``exp``;
+* ``token-exchange``: the access token of another credd session (the
+  ``subject_session``). credd asks for ``requestedTokenType`` refresh token, so
+  that the session renews itself without the subject; should the
+  application not allow refresh tokens, it exchanges for access tokens only
+  and exchanges again, with the subject's current token, at each renewal;
+* ``authorization_code``: ``credd login NAME`` (:mod:`credd.sessions.iam_login`).
+
+Whatever the grant, a refresh token that comes back is kept
+(:class:`~credd.sessions.iam_tokens.IamTokenCache`) and renews the access token
+ahead of expiry with the ``refresh_token`` grant; it rotates, and the new one
+is on disk before the new access token is used (design.md rule 8). When a
+refresh token is refused, the session begins again with its grant if it can
+do that alone (a fresh assertion, the subject's token); only an
+authorization-code session then needs a login.
+
+The session hands out its access token (the bearer route ``/v1/tokens/NAME``,
+or as the subject of another session) and its identity context (for STS
+AssumeRole with ``ProvidedContexts``, :mod:`credd.profiles`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from credd.assertions import AssertionSource
+from credd.aws import AwsClients, SigningKeys
+from credd.clock import Clock
+from credd.config import (
+    AUTH_CODE_GRANT,
+    IDENTITY_CONTEXT_SCOPE,
+    JWT_BEARER_GRANT,
+    TOKEN_EXCHANGE_GRANT,
+    TrustedIdentitySpec,
+)
+from credd.errors import AssertionRequired, CreddError, LoginRequired, UpstreamError
+from credd.flight import SingleFlight
+from credd.schedule import renewal_time, retry_time
+from credd.secret import Secret
+from credd.sessions import SessionState, SessionStatus, run_renewal_loop
+from credd.sessions.iam_tokens import (
+    ACCESS_TOKEN_TYPE,
+    REFRESH_GRANT,
+    REFRESH_TOKEN_TYPE,
+    GrantRefused,
+    IamToken,
+    IamTokenCache,
+    IamTokenClient,
+)
+from credd.store import CacheCorrupt
+
+log = structlog.get_logger(__name__)
+
+#: a token this close to expiry is not handed out: the call it is for must finish in time
+MIN_TOKEN_SECONDS = 30.0
+#: how long one CreateTokenWithIAM exchange and the write after it may take, shielded
+EXCHANGE_DEADLINE_SECONDS = 30.0
+#: how often the loop looks at the cache file (a `credd login` in another process)
+CACHE_POLL_SECONDS = 2.0
+
+
+class SubjectSession(Protocol):
+    """A session whose access token another one exchanges (Identity Center, or trusted identity)."""
+
+    name: str
+
+    def status(self) -> SessionStatus: ...
+
+    async def access_token(self) -> Secret: ...
+
+    async def token_rejected(self, rejected: Secret) -> Secret: ...
+
+
+class TrustedIdentitySession:
+    kind = TrustedIdentitySpec.kind
+
+    def __init__(
+        self,
+        spec: TrustedIdentitySpec,
+        *,
+        cache: IamTokenCache,
+        clients: AwsClients,
+        signer: Callable[[], Awaitable[SigningKeys]],
+        sessions: Callable[[str], SubjectSession | None],
+        clock: Clock,
+        task_group: TaskGroup,
+        margin_seconds: float,
+        draw: Callable[[], float] = random.random,
+        on_login_required: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._spec = spec
+        self.name = spec.name
+        self.margin_seconds = margin_seconds
+        self._cache = cache
+        self._client = IamTokenClient(spec, clients=clients, clock=clock)
+        self._signer = signer
+        self._sessions = sessions
+        self._clock = clock
+        self._draw = draw
+        self._on_login_required = on_login_required
+        self._assertions: AssertionSource | None = None
+        if spec.grant_type == JWT_BEARER_GRANT:
+            self._assertions = AssertionSource(
+                spec.name, file=spec.assertion_file, command=spec.assertion_command, clock=clock
+            )
+        #: what token exchange asks for; access tokens only once the application says so
+        self._requested_type = REFRESH_TOKEN_TYPE
+        self._token: IamToken | None = None
+        self._seen_mtime: float | None = None
+        self._jitter = draw()
+        self._problem: CreddError | None = None
+        self._failures = 0
+        self._retry_at: datetime | None = None
+        #: an access token a consumer saw refused: renewed even if it looks valid
+        self._rejected: Secret | None = None
+        self._flight: SingleFlight[IamToken] = SingleFlight(task_group, self._renew_tracked)
+
+    @property
+    def spec(self) -> TrustedIdentitySpec:
+        return self._spec
+
+    @property
+    def _automatic(self) -> bool:
+        """Whether it can begin again without a person (every grant but the authorization code)."""
+        return self._spec.grant_type != AUTH_CODE_GRANT
+
+    def _renewable(self, token: IamToken) -> bool:
+        return token.refresh_token is not None or self._automatic
+
+    @property
+    def _parked(self) -> bool:
+        """Only ``credd login NAME`` brings it back: nothing is retried until then."""
+        problem = self._problem
+        return isinstance(problem, LoginRequired) and problem.session == self.name
+
+    # ------------------------------------------------------------------ queries
+
+    def _usable(self, now: datetime) -> IamToken | None:
+        token = self._token
+        if (
+            token is not None
+            and token.expires_at - now > timedelta(seconds=MIN_TOKEN_SECONDS)
+            and token.access_token != self._rejected
+        ):
+            return token
+        return None
+
+    def usable_token(self) -> IamToken | None:
+        """The token held, if it is valid for a while yet: the request path, from memory."""
+        return self._usable(self._clock.now())
+
+    def status(self) -> SessionStatus:
+        now = self._clock.now()
+        token, problem = self._token, self._problem
+        action: str | None = None
+        last_error = problem.message if problem else None
+        if isinstance(problem, AssertionRequired):
+            state, action = SessionState.ASSERTION_REQUIRED, problem.hint
+        elif isinstance(problem, LoginRequired):
+            state, action = SessionState.LOGIN_REQUIRED, problem.action
+        elif isinstance(problem, UpstreamError) and not problem.transient:
+            state, action = SessionState.ERROR, problem.hint
+        elif problem is not None:
+            state = SessionState.RETRYING
+        elif token is None and not self._automatic:
+            state, action = SessionState.LOGIN_REQUIRED, f"credd login {self.name}"
+            last_error = "not logged in"
+        elif token is not None and not self._renewable(token):
+            state, action = SessionState.EXPIRING, f"credd login {self.name}"
+        else:
+            state = SessionState.OK
+        return _status(
+            self._spec,
+            token,
+            state,
+            next_renewal=self._next_wake(now),
+            last_error=last_error,
+            action=action,
+            details=self._details(token),
+        )
+
+    def _details(self, token: IamToken | None) -> dict[str, object]:
+        spec = self._spec
+        details: dict[str, object] = {
+            "application": spec.client_id,
+            "grant_type": spec.grant_type,
+            "requested_scopes": list(spec.scopes),
+        }
+        if token is not None:
+            details.update(
+                granted_scopes=list(token.scopes),
+                downscoped=token.downscoped,
+                issued_token_type=token.issued_token_type,
+                refreshable=token.refresh_token is not None,
+                identity_context=token.identity_context is not None,
+                claims=token.claims(),
+            )
+        return details
+
+    # ------------------------------------------------------------------ the request path
+
+    async def token(self) -> IamToken:
+        """A valid token, renewing it first if needed; raises what keeps it from being had."""
+        now = self._clock.now()
+        self._adopt_if_changed(now)
+        held = self._usable(now)
+        if held is not None:
+            return held
+        problem = self._problem
+        if problem is not None and (self._parked or not self._retry_due(now)):
+            raise problem  # failing fast until a login, or until the backoff says try again
+        token = await self._flight.run()
+        if self._usable(self._clock.now()) is None:
+            raise UpstreamError(f"the new access token of {self.name} is already expiring")
+        return token
+
+    async def access_token(self) -> Secret:
+        return (await self.token()).access_token
+
+    async def token_rejected(self, rejected: Secret) -> Secret:
+        """Somebody saw ``rejected`` refused: renew once, whatever its expiry said."""
+        self._rejected = rejected
+        return await self.access_token()
+
+    async def identity_context(self) -> Secret:
+        """The identity context for STS ``ProvidedContexts`` (protocols.md 5)."""
+        token = await self.token()
+        if token.identity_context is None:
+            granted = ", ".join(token.scopes) or "none"
+            raise UpstreamError(
+                f"session {self.name!r} got no identity context (granted scopes: {granted})",
+                transient=False,
+                hint=f"add {IDENTITY_CONTEXT_SCOPE} to {self._spec.key('scopes')}",
+            )
+        return token.identity_context
+
+    async def context_rejected(self, rejected: Secret) -> Secret:
+        """STS refused ``rejected`` (expired, unknown): renew once for a new one."""
+        token = self._token
+        if token is not None and token.identity_context == rejected:
+            self._rejected = token.access_token
+        return await self.identity_context()
+
+    # ------------------------------------------------------------------ the cache
+
+    def _adopt_if_changed(self, now: datetime) -> None:
+        """Pick up what another process wrote (``credd login``, ``credd logout``)."""
+        mtime = self._cache.mtime(self.name)
+        if mtime != self._seen_mtime:
+            self._seen_mtime = mtime
+            self._load(now)
+
+    def sync(self) -> None:
+        """Re-read the cache now (after ``credd login`` or ``credd logout`` in another process)."""
+        self._seen_mtime = self._cache.mtime(self.name)
+        self._load(self._clock.now())
+
+    def _read(self) -> IamToken | None:
+        try:
+            return self._cache.load(self._spec)
+        except CacheCorrupt as exc:
+            if not self._automatic:
+                raise LoginRequired(self.name, exc.message) from exc
+            log.warning("session_cache_unreadable", session=self.name, error=exc.message)
+            return None  # begun again; the unreadable file is kept aside when replaced
+
+    def _load(self, now: datetime) -> None:
+        try:
+            token = self._read()
+        except LoginRequired as exc:
+            self._set_token(None)
+            self._problem = exc
+            return
+        if token is None:
+            if self._token is not None:
+                log.info("session_logged_out", session=self.name)
+                self._set_token(None)
+            if not self._automatic:
+                self._problem = None  # status says: not logged in
+            return
+        if self._token is None or token.access_token != self._token.access_token:
+            self._set_token(token)
+            self._succeeded()
+            log.info("session_token_adopted", session=self.name, expires_at=token.expires_at)
+
+    def _set_token(self, token: IamToken | None) -> None:
+        self._token = token
+        self._jitter = self._draw()
+
+    # ------------------------------------------------------------------ renewal
+
+    async def _renew_tracked(self) -> IamToken:
+        try:
+            token = await self._renew()
+        except CreddError as exc:
+            self._fail(exc, self._clock.now())
+            raise
+        self._succeeded()
+        return token
+
+    async def _renew(self) -> IamToken:
+        """Renew under the cache lock: adopt, refresh, or begin again with the grant."""
+        async with self._cache.lock(self.name):
+            now = self._clock.now()
+            on_disk = self._read()
+            self._seen_mtime = self._cache.mtime(self.name)
+            if on_disk is not None and (
+                self._token is None or on_disk.access_token != self._token.access_token
+            ):
+                self._set_token(on_disk)  # another process renewed it, or logged in: adopt
+                if self._usable(now) is not None and now < self._renewal_time(on_disk):
+                    return on_disk
+            current = self._token if on_disk is not None else None
+            if current is not None and current.refresh_token is not None:
+                try:
+                    return await self._refresh(current)
+                except GrantRefused as exc:
+                    log.warning("refresh_token_refused", session=self.name, error=exc.message)
+                    self._forget_refresh_token(current)
+                    if not self._automatic:
+                        reason = f"the refresh token was refused ({exc.aws_code})"
+                        raise LoginRequired(self.name, reason) from exc
+            if self._spec.grant_type == JWT_BEARER_GRANT:
+                return await self._jwt_bearer()
+            if self._spec.grant_type == TOKEN_EXCHANGE_GRANT:
+                return await self._token_exchange()
+            if current is not None and self._usable(now) is not None:
+                return current  # valid until it expires; status says a login is coming
+            reason = "the access token expired and cannot be renewed"
+            raise LoginRequired(self.name, reason if current else "not logged in")
+
+    def _forget_refresh_token(self, current: IamToken) -> None:
+        """A refused refresh token is never tried again, by this process or another."""
+        kept = replace(current, refresh_token=None)
+        self._cache.save(self.name, kept)
+        self._seen_mtime = self._cache.mtime(self.name)
+        self._token = kept
+
+    async def _refresh(self, current: IamToken) -> IamToken:
+        assert current.refresh_token is not None
+        grant = {"grantType": REFRESH_GRANT, "refreshToken": current.refresh_token.reveal()}
+        return await self._exchange(
+            grant,
+            began_with=current.grant_type,
+            assertion_subject=current.assertion_subject,
+            presented=current.refresh_token,
+        )
+
+    async def _jwt_bearer(self) -> IamToken:
+        assertions = self._assertions
+        assert assertions is not None
+        assertion = await assertions.get()
+        grant = {"grantType": JWT_BEARER_GRANT, "assertion": assertion.value.reveal()}
+        try:
+            return await self._exchange(
+                grant, began_with=JWT_BEARER_GRANT, assertion_subject=assertion.subject
+            )
+        except GrantRefused as exc:
+            assertions.refused()
+            raise AssertionRequired(
+                self.name,
+                f"Identity Center refused the assertion from {assertions.where}: {exc.message}",
+                hint=assertions.hint,
+            ) from exc
+
+    async def _token_exchange(self) -> IamToken:
+        name = self._spec.subject_session
+        assert name is not None
+        subject = self._sessions(name)
+        if subject is None:
+            raise UpstreamError(f"subject_session {name!r} is not running", transient=False)
+        subject_token = await subject.access_token()
+        retried = False
+        while True:
+            grant = {
+                "grantType": TOKEN_EXCHANGE_GRANT,
+                "subjectToken": subject_token.reveal(),
+                "subjectTokenType": ACCESS_TOKEN_TYPE,
+                "requestedTokenType": self._requested_type,
+            }
+            try:
+                return await self._exchange(grant, began_with=TOKEN_EXCHANGE_GRANT)
+            except GrantRefused as exc:
+                if retried:
+                    reason = f"its access token was refused as a subject token: {exc.message}"
+                    raise LoginRequired(name, reason) from exc
+                retried = True  # the subject's token may have been revoked: renew it once
+                subject_token = await subject.token_rejected(subject_token)
+            except UpstreamError as exc:
+                refused_refresh = exc.aws_code == "UnauthorizedClientException"
+                if not refused_refresh or self._requested_type == ACCESS_TOKEN_TYPE:
+                    raise
+                # RFC 8693 section 2.1: the application may not issue refresh tokens; then
+                # each renewal is a new exchange with the subject's current access token.
+                log.info("token_exchange_without_refresh_token", session=self.name)
+                self._requested_type = ACCESS_TOKEN_TYPE
+
+    async def _exchange(
+        self,
+        grant: Mapping[str, str],
+        *,
+        began_with: str,
+        assertion_subject: str | None = None,
+        presented: Secret | None = None,
+    ) -> IamToken:
+        """One CreateTokenWithIAM call; the answer is on disk before anything uses it.
+
+        ``presented`` is the refresh token of a refresh grant: kept if no new one comes back.
+        """
+        keys = await self._signer()
+        try:
+            # Shielded under a deadline: once a refresh token is rotated upstream, the new
+            # one must reach the disk whatever happens.
+            with anyio.CancelScope(shield=True), anyio.fail_after(EXCHANGE_DEADLINE_SECONDS):
+                fresh = await self._client.create(
+                    grant, keys=keys, began_with=began_with, assertion_subject=assertion_subject
+                )
+                if fresh.refresh_token is None and presented is not None:
+                    fresh = replace(fresh, refresh_token=presented)  # not rotated: still good
+                self._cache.save(self.name, fresh)
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"CreateTokenWithIAM took longer than {EXCHANGE_DEADLINE_SECONDS:.0f} s"
+            ) from exc
+        self._seen_mtime = self._cache.mtime(self.name)
+        self._set_token(fresh)
+        self._rejected = None
+        log.info(
+            "session_token_renewed",
+            session=self.name,
+            grant=grant["grantType"],
+            expires_at=fresh.expires_at,
+            refreshable=fresh.refresh_token is not None,
+        )
+        if fresh.downscoped:
+            log.warning(
+                "scopes_downscoped",
+                session=self.name,
+                asked=list(fresh.requested_scopes),
+                granted=list(fresh.scopes),
+            )
+        return fresh
+
+    def _renewal_time(self, token: IamToken, draw: float = 0.0) -> datetime:
+        return renewal_time(
+            lifetime_start=token.received_at,
+            expires_at=token.expires_at,
+            margin_seconds=self.margin_seconds,
+            draw=draw,
+        )
+
+    # ------------------------------------------------------------------ failures
+
+    def _succeeded(self) -> None:
+        self._problem = None
+        self._failures = 0
+        self._retry_at = None
+
+    def _fail(self, error: CreddError, now: datetime) -> CreddError:
+        first = type(self._problem) is not type(error)
+        self._problem = error
+        if self._parked:
+            self._retry_at = None
+            if first:
+                log.warning("session_login_required", session=self.name, reason=error.message)
+                if self._on_login_required is not None:
+                    assert isinstance(error, LoginRequired)
+                    self._on_login_required(self.name, error.reason)
+            return error
+        token = self._token
+        self._retry_at = retry_time(
+            now,
+            self._failures,
+            draw=self._draw(),
+            not_after=token.expires_at if token else None,  # never past what is held
+        )
+        self._failures += 1
+        log.warning(
+            "session_renewal_failed",
+            session=self.name,
+            error=error.message,
+            retry_at=self._retry_at,
+        )
+        return error
+
+    def _retry_due(self, now: datetime) -> bool:
+        """Whether to try again now: the backoff is over, or what was missing is there now."""
+        if self._retry_at is None or now >= self._retry_at:
+            return True
+        problem = self._problem
+        if isinstance(problem, AssertionRequired):
+            return self._assertions is not None and self._assertions.changed()
+        if isinstance(problem, LoginRequired):  # of another session: the subject, the signer
+            other = self._sessions(problem.session)
+            return other is not None and other.status().state is not SessionState.LOGIN_REQUIRED
+        return False
+
+    # ------------------------------------------------------------------ the background loop
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the token renewed ahead of expiry, beginning at once where no person is needed.
+
+        Sleeps in short chunks so that what another process writes (a login)
+        is picked up within seconds.
+        """
+        await run_renewal_loop(
+            clock=self._clock,
+            adopt=self._adopt_if_changed,
+            next_wake=self._next_wake,
+            renew=self._flight.run,
+            poll_seconds=CACHE_POLL_SECONDS,
+            task_status=task_status,
+        )
+
+    def _next_wake(self, now: datetime) -> datetime | None:
+        """When the loop has work to do; ``None`` while only a login can help."""
+        if self._parked:
+            return None
+        if self._problem is not None and self._retry_at is not None:
+            return now if self._retry_due(now) else self._retry_at
+        token = self._token
+        if token is None:
+            return now if self._automatic else None
+        if not self._renewable(token):
+            return token.expires_at  # then it is "login required"
+        return self._renewal_time(token, self._jitter)
+
+
+def offline_status(spec: TrustedIdentitySpec, cache: IamTokenCache, now: datetime) -> SessionStatus:
+    """What the cache says of a session, for ``credd status`` when no daemon is running."""
+    action: str | None = None
+    error: str | None = None
+    try:
+        token = cache.load(spec)
+    except CacheCorrupt as exc:
+        token, error = None, exc.message
+    automatic = spec.grant_type != AUTH_CODE_GRANT
+    if token is None or (token.expires_at <= now and token.refresh_token is None):
+        state = SessionState.OK if automatic else SessionState.LOGIN_REQUIRED
+        if not automatic:
+            action, error = f"credd login {spec.name}", error or "not logged in"
+    elif token.refresh_token is None and not automatic:
+        state, action = SessionState.EXPIRING, f"credd login {spec.name}"
+    else:
+        state = SessionState.OK
+    return _status(spec, token, state, last_error=error, action=action)
+
+
+def _status(
+    spec: TrustedIdentitySpec,
+    token: IamToken | None,
+    state: SessionState,
+    *,
+    next_renewal: datetime | None = None,
+    last_error: str | None = None,
+    action: str | None = None,
+    details: Mapping[str, object] | None = None,
+) -> SessionStatus:
+    return SessionStatus(
+        name=spec.name,
+        kind=spec.kind,
+        state=state,
+        expires_at=token.expires_at if token else None,
+        next_renewal=next_renewal,
+        last_error=last_error,
+        action=action,
+        who=token.who() if token else None,
+        details=details,
+    )

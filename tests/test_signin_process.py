@@ -1,0 +1,304 @@
+"""AWS Sign-In end to end with the real ``credd`` as subprocesses and real consumers.
+
+``credd serve`` runs; ``credd login console --signin`` (the headless browser
+shim plays the user) or ``--remote`` (the test reads the confirmation page and
+pastes the code on stdin) signs a new profile in, writes ``login_session`` into
+the AWS config, and the running daemon serves it at once. boto3 and the Node.js
+SDK then prove the identity with GetCallerIdentity through ``credd exec``.
+The emulator runs on the real clock here: nothing waits for a lifetime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+from credd.dpop import DpopKey
+from credd.store import sha256_name
+from credd.testing.emulator import Emulator
+from tests.conftest import Home
+from tests.process_helpers import (
+    COMMAND_DEADLINE,
+    CREDD,
+    caller_identity,
+    credd,
+    eventually,
+    log_paths,
+    serving,
+)
+
+USER_ARN = "arn:aws:iam::111111111111:user/alice"
+ACCOUNT = "111111111111"
+REPO = Path(__file__).resolve().parent.parent
+NODE_DIR = REPO / "tests" / "node"
+#: boto3's default chain in a process of its own: who am I, with which credentials
+WHOAMI = (
+    "import json, boto3\n"
+    "session = boto3.Session()\n"
+    "creds = session.get_credentials()\n"
+    "identity = session.client('sts').get_caller_identity()\n"
+    "print(json.dumps({'method': creds.method, 'key': creds.access_key,\n"
+    "                  'arn': identity['Arn'], 'account': identity['Account']}))\n"
+)
+AWS_CONFIG = """\
+# profiles of mine
+[profile console]
+output = json
+
+[profile console-admin]
+role_arn = arn:aws:iam::222222222222:role/Admin
+source_profile = console
+role_session_name = credd-console
+"""
+
+
+class World:
+    def __init__(self, home: Home, emu: Emulator, logs: Path) -> None:
+        self.home = home
+        self.emu = emu
+        self.logs = logs
+        # os.environ as the fixtures left it: HOME, XDG_RUNTIME_DIR, BROWSER, AWS_ENDPOINT_URL
+        self.env = dict(os.environ)
+
+    @property
+    def cache_file(self) -> Path:
+        return self.home.root / ".aws" / "login" / "cache" / f"{sha256_name(USER_ARN)}.json"
+
+    def cached(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.cache_file.read_text())
+        return data
+
+
+@pytest.fixture
+def world(home: Home, emulator: object, tmp_path: Path) -> World:
+    assert isinstance(emulator, Emulator)
+    home.write_aws_config(AWS_CONFIG)
+    home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
+    return World(home, emulator, tmp_path / "logs")
+
+
+async def signin(world: World, *args: str) -> str:
+    """``credd [ARGS] login console --signin``; its stderr."""
+    result = await credd(world.env, *args, "login", "console", "--signin")
+    assert result.returncode == 0, str(result)
+    assert result.stdout == ""
+    return result.stderr
+
+
+async def status_json(world: World) -> dict[str, Any]:
+    result = await credd(world.env, "status", "--json")
+    assert result.returncode == 0, str(result)
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+async def test_signin_login_is_served_at_once_to_boto3_and_node(world: World) -> None:
+    emu = world.emu
+    async with serving(world.env, world.logs) as daemon:
+        before = await daemon.get("/v1/credentials/console")
+        assert before.status == 404  # not a served profile yet: no login_session
+
+        said = await signin(world)
+        assert f"{emu.url}/v1/authorize?response_type=code" in said  # the URL is always shown
+        assert "code_challenge_method=SHA-256" in said
+        assert f"Logged in to profile console as {USER_ARN}" in said
+        assert "The running daemon serves it now." in said
+        config = world.home.aws_config.read_text()
+        assert config == AWS_CONFIG.replace(
+            "output = json\n", f"output = json\nlogin_session = {USER_ARN}\nregion = us-east-1\n"
+        )
+        assert world.cached()["clientId"] == "arn:aws:signin:::devtools/same-device"
+
+        boto = await credd(world.env, "exec", "console", "--", sys.executable, "-c", WHOAMI)
+        assert boto.returncode == 0, str(boto)
+        seen = json.loads(boto.stdout)
+        assert seen["method"] == "container-role"  # through credd, not the login cache
+        assert seen["arn"] == USER_ARN
+        assert seen["account"] == ACCOUNT
+        assert seen["key"] == world.cached()["accessToken"]["accessKeyId"]
+
+        unregioned = {**world.env, "AWS_DEFAULT_REGION": "us-east-1"}  # admin names none
+        admin = await credd(unregioned, "exec", "console-admin", "--", sys.executable, "-c", WHOAMI)
+        assert admin.returncode == 0, str(admin)
+        assert json.loads(admin.stdout)["arn"] == (
+            "arn:aws:sts::222222222222:assumed-role/Admin/credd-console"
+        )
+
+        node = shutil.which("node")
+        if node is not None and (NODE_DIR / "node_modules" / "@aws-sdk").is_dir():
+            env = {**world.env, "AWS_ENDPOINT_URL_STS": emu.url}
+            js = await credd(env, "exec", "console", "--", node, str(NODE_DIR / "whoami.mjs"))
+            assert js.returncode == 0, str(js)
+            seen_js = json.loads(js.stdout)
+            assert seen_js["arn"] == USER_ARN
+            assert seen_js["account"] == ACCOUNT
+            assert seen_js["accessKeyId"] == seen["key"]
+            served = (await daemon.get("/v1/credentials/console")).json()
+            assert seen_js["expiration"] == served["Expiration"].replace("Z", ".000Z")
+
+        doc = await status_json(world)
+        session = next(s for s in doc["sessions"] if s["name"] == USER_ARN)
+        assert session["kind"] == "signin"
+        assert session["state"] == "ok"
+        profile = next(p for p in doc["profiles"] if p["name"] == "console")
+        assert (profile["kind"], profile["source"]) == ("signin", USER_ARN)
+        env_lines = await credd(world.env, "env", "console")
+        assert "export AWS_REGION=us-east-1" in env_lines.stdout.splitlines()
+        assert emu.calls["CreateOAuth2Token"] == 1
+        assert daemon.process.returncode is None
+
+    if node is None:
+        pytest.skip("Node.js is not installed: the boto3 half ran, the Node.js half did not")
+
+
+async def test_remote_login_reads_the_code_pasted_on_stdin(world: World) -> None:
+    stdout_path, stderr_path = log_paths(world.logs, "login-remote")
+    async with serving(world.env, world.logs) as daemon:
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            process = await anyio.open_process(
+                [*CREDD, "login", "console", "--signin", "--remote"],
+                env=world.env,
+                stdout=out,
+                stderr=err,
+            )
+        async with process:
+            assert process.stdin is not None
+            with anyio.fail_after(COMMAND_DEADLINE):
+                await eventually(
+                    lambda: "/v1/authorize?" in stderr_path.read_text(), what="the URL shown"
+                )
+                url = next(
+                    word for word in stderr_path.read_text().split() if "/v1/authorize?" in word
+                )
+                assert "client_id=arn%3Aaws%3Asignin%3A%3A%3Adevtools%2Fcross-device" in url
+                # the user's browser on another device, then the code shown on the page
+                async with aiohttp.ClientSession() as http, http.get(url) as page:
+                    assert page.status == 200
+                    text = await page.text()
+                code = text.split('id="verification-code">', 1)[1].split("<", 1)[0]
+                await process.stdin.send(code.encode() + b"\n")
+                assert await process.wait() == 0, stderr_path.read_text()
+        said = stderr_path.read_text()
+        assert "paste the verification code" in said
+        assert code not in said
+        assert world.cached()["clientId"] == "arn:aws:signin:::devtools/cross-device"
+        answer = await daemon.get("/v1/credentials/console")
+        assert answer.status == 200, answer.text
+        identity = await anyio.to_thread.run_sync(caller_identity, world.emu.url, answer.json())
+        assert identity["Arn"] == USER_ARN
+
+
+async def test_the_emulator_refuses_forged_and_replayed_proofs_and_credd_keeps_working(
+    world: World,
+) -> None:
+    emu = world.emu
+    async with serving(world.env, world.logs) as daemon:
+        await signin(world)
+        cached = world.cached()
+        key = DpopKey.from_pem(cached["dpopKey"])
+        url = f"{emu.url}/v1/token"
+        grant = {"clientId": cached["clientId"], "grantType": "refresh_token"}
+        now = datetime.now(UTC)
+
+        async def token_call(body: dict[str, str], proof: str) -> tuple[int, dict[str, Any]]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url, json=body, headers={"DPoP": proof}) as answer,
+            ):
+                return answer.status, await answer.json()
+
+        # forged: the session's public key in the header, signed by another key
+        honest = key.proof(method="POST", url=url, now=now)
+        other = DpopKey.generate().proof(method="POST", url=url, now=now)
+        forged = ".".join([*honest.split(".")[:2], other.split(".")[2]])
+        status, body = await token_call({**grant, "refreshToken": cached["refreshToken"]}, forged)
+        assert (status, body["error"]) == (400, "INVALID_REQUEST")
+        assert "signature does not verify" in body["message"]
+
+        # another key's honest proof: the refresh token is bound to the session's key
+        status, body = await token_call({**grant, "refreshToken": cached["refreshToken"]}, other)
+        assert (status, body["error"]) == (400, "INVALID_REQUEST")
+        assert "bound to another key" in body["message"]
+
+        # replayed: a proof that was verified once is spent, whatever came of its request
+        status, _ = await token_call({**grant, "refreshToken": "not-a-refresh-token"}, honest)
+        assert status == 400
+        status, body = await token_call({**grant, "refreshToken": cached["refreshToken"]}, honest)
+        assert (status, body["error"]) == (400, "INVALID_REQUEST")
+        assert "jti has been used before" in body["message"]
+
+        # credd's own proofs were all accepted, and the session is untouched by the attempts
+        assert world.cached()["refreshToken"] == cached["refreshToken"]
+        process = await credd(world.env, "credential-process", "console")
+        assert process.returncode == 0, str(process)
+        keys = json.loads(process.stdout)
+        assert (await anyio.to_thread.run_sync(caller_identity, emu.url, keys))["Arn"] == USER_ARN
+        doc = await status_json(world)
+        assert next(s for s in doc["sessions"] if s["name"] == USER_ARN)["state"] == "ok"
+        assert "ValidationException" not in daemon.output()
+
+
+async def test_logout_forgets_the_session_and_the_daemon_stops_serving_it(world: World) -> None:
+    async with serving(world.env, world.logs) as daemon:
+        await signin(world)
+        assert (await daemon.get("/v1/credentials/console")).status == 200
+        result = await credd(world.env, "logout", "console")
+        assert result.returncode == 0, str(result)
+        assert not world.cache_file.exists()
+        answer = await daemon.get("/v1/credentials/console")
+        assert answer.status == 503, answer.text
+        assert "credd login console --signin" in answer.json()["message"]
+        assert f"login_session = {USER_ARN}" in world.home.aws_config.read_text()  # kept
+
+        # a login_session profile needs no --signin; a role on it logs its source in
+        again = await credd(world.env, "login", "console-admin")
+        assert again.returncode == 0, str(again)
+        assert f"Logged in to profile console as {USER_ARN}" in again.stderr
+        assert (await daemon.get("/v1/credentials/console-admin")).status == 200
+        assert (await credd(world.env, "logout", USER_ARN)).returncode == 0  # by its ARN too
+        assert not world.cache_file.exists()
+    offline = await status_json(world)
+    session = next(s for s in offline["sessions"] if s["name"] == USER_ARN)
+    assert session["state"] == "login-required"
+    assert session["action"] == "credd login console --signin"
+
+
+async def test_no_secret_reaches_the_daemon_log_or_the_login_output(world: World) -> None:
+    world.home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n[log]\nformat = "json"\n')
+    async with serving(world.env, world.logs, "--debug") as daemon:
+        said = await signin(world, "--debug")
+        served = (await daemon.get("/v1/credentials/console")).json()
+        chained = (await daemon.get("/v1/credentials/console-admin")).json()
+        status = await credd(world.env, "status", "--json")
+        cached = world.cached()
+        assert await daemon.stop(signal.SIGTERM) == 0
+    log = daemon.output()
+    events = {json.loads(line).get("event") for line in log.splitlines() if line.strip()}
+    assert {"credd_ready", "session_token_adopted", "credentials_fetched"} <= events
+    secrets = {
+        "refresh token": cached["refreshToken"],
+        "id token": cached["idToken"],
+        "secret access key": served["SecretAccessKey"],
+        "session token": served["Token"],
+        "chained secret access key": chained["SecretAccessKey"],
+        **{
+            f"dpopKey line {i}": line for i, line in enumerate(cached["dpopKey"].splitlines()[1:-1])
+        },
+    }
+    for place, text in {
+        "the daemon's log": log,
+        "credd --debug login": said,
+        "credd status --json": status.stdout,
+    }.items():
+        for kind, secret in secrets.items():
+            assert secret not in text, f"a {kind} in {place}"
