@@ -16,17 +16,15 @@ CLI's question to ask.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from credd.errors import LoginError
 from credd.ini import Section, read_ini
+from credd.store import atomic_write
 
 #: settings that make a profile get its credentials some other way
 CONFLICTING_KEYS: Final = (
@@ -109,7 +107,8 @@ def write_login_session(
     settings = {"login_session": login_session}
     if region is not None:
         settings["region"] = region
-    _atomic_write(target, _with_settings(text, profile, settings), mode)
+    data = _with_settings(text, profile, settings).encode("utf-8")
+    atomic_write(target, data, mode=0o600 if mode is None else mode)
 
 
 def _with_settings(text: str, profile: str, settings: dict[str, str]) -> str:
@@ -145,19 +144,3 @@ def _with_settings(text: str, profile: str, settings: dict[str, str]) -> str:
             lines[i] = f"{key} = {settings.pop(key)}\n"
     added = [f"{key} = {value}\n" for key, value in settings.items()]
     return "".join(lines[: last_content + 1] + added + lines[last_content + 1 :])
-
-
-def _atomic_write(path: Path, text: str, mode: int | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o600 if mode is None else mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

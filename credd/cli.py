@@ -233,13 +233,19 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
     _tell_daemon(settings, spec.name, logged_in=True)
 
 
-def _with_spinner(ui: TerminalLoginUI, work: Callable[[], Awaitable[T]]) -> T:
-    """Run a login while the terminal shows it waiting."""
+def _with_spinner(
+    ui: TerminalLoginUI, work: Callable[[], Awaitable[T]], *, spinner: bool = True
+) -> T:
+    """Run a login while the terminal shows it waiting (without ``spinner``, it only runs it).
+
+    A failed login is one :class:`CreddError` for :func:`main` to print in one line.
+    """
 
     async def run() -> T:
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(ui.run_spinner)
+                if spinner:
+                    tg.start_soon(ui.run_spinner)
                 result = await work()
                 tg.cancel_scope.cancel()
         except* CreddError as failed:  # one line, not a traceback (the spinner never fails)
@@ -378,16 +384,8 @@ def _login_signin(settings: Settings, args: argparse.Namespace, debug: bool) -> 
         options=SigninLoginOptions(remote=args.remote, open_browser=not args.no_browser),
         read_code=_read_pasted_code,
     )
-
-    async def run() -> Any:
-        async with anyio.create_task_group() as tg:
-            if not args.remote:  # a spinner would run through the pasted code
-                tg.start_soon(ui.run_spinner)
-            result = await login.run()
-            tg.cancel_scope.cancel()
-        return result
-
-    result = anyio.run(run)
+    # a spinner would run through the pasted code
+    result = _with_spinner(ui, login.run, spinner=not args.remote)
     session = result.login_session
     if before.login_session not in (None, session) and not _confirm(
         f"Profile {profile} is signed in as {before.login_session}. Replace it with {session}?"
@@ -429,12 +427,9 @@ def _logout_signin(settings: Settings, spec: SigninSessionSpec) -> None:
     from credd.daemon import login_cache
 
     cache = login_cache(settings)
-
-    async def run() -> None:
-        async with cache.lock(spec.cache_key):
-            cache.delete_token(spec.cache_key)
-
-    anyio.run(run)
+    anyio.run(
+        _locked, cache.lock(spec.cache_key), functools.partial(cache.delete_token, spec.cache_key)
+    )
     print(f"Logged out of {spec.name} (profile {spec.profile}).", file=sys.stderr)
     _tell_daemon(settings, spec.name, logged_in=False)
 
@@ -488,7 +483,7 @@ def _logout_trusted_identity(settings: Settings, spec: TrustedIdentitySpec) -> N
     from credd.daemon import trusted_identity_cache
 
     cache = trusted_identity_cache(settings)
-    anyio.run(_locked, cache.lock(spec.name), functools.partial(cache.delete, spec.name))
+    anyio.run(_locked, cache.lock(spec.name), functools.partial(cache.delete_token, spec.name))
     print(f"Logged out of {spec.name}.", file=sys.stderr)
     _tell_daemon(settings, spec.name, logged_in=False)
 

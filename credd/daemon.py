@@ -17,7 +17,6 @@ import functools
 import os
 import secrets
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -42,14 +41,16 @@ from credd.config import (
 )
 from credd.desktop import notify_login_required
 from credd.errors import CreddError
+from credd.paths import Paths
 from credd.server import make_app
 from credd.sessions import Session, SessionState
 from credd.sessions.iam_tokens import IamTokenCache
 from credd.sessions.identity_center import IdentityCenterSession
+from credd.sessions.renewing import SessionContext
 from credd.sessions.signin import SigninSession
 from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
 from credd.status import status_document
-from credd.store import JsonCacheDir, LoginCache, SsoCache, format_timestamp
+from credd.store import JsonCacheDir, LoginCache, SsoCache, atomic_write, format_timestamp
 from credd.systemd import Notifier, listen_sockets, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -170,21 +171,6 @@ async def run_watchdog(notifier: Notifier, interval: float) -> None:
         await anyio.sleep(interval)
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def ensure_endpoint_token(path: Path) -> str:
     """The endpoint token: kept if present and sound, else made and written (0600, no newline)."""
     try:
@@ -194,32 +180,26 @@ def ensure_endpoint_token(path: Path) -> str:
     except (OSError, UnicodeDecodeError):
         pass
     token = secrets.token_urlsafe(TOKEN_BYTES)  # 43 characters, 256 bits
-    _atomic_write(path, token)  # mkstemp makes it 0600
+    atomic_write(path, token.encode("ascii"))  # 0600
     return token
 
 
+def _cache_dir(paths: Paths, directory: Path) -> JsonCacheDir:
+    """``directory`` with credd's locks and its copies of unreadable files (state dir)."""
+    return JsonCacheDir(directory, paths.lock_dir, paths.state_dir / "unreadable")
+
+
 def sso_cache(settings: Settings) -> SsoCache:
-    paths = settings.paths
-    return SsoCache(
-        JsonCacheDir(paths.sso_cache_dir, paths.lock_dir, paths.state_dir / "unreadable")
-    )
+    return SsoCache(_cache_dir(settings.paths, settings.paths.sso_cache_dir))
 
 
 def login_cache(settings: Settings) -> LoginCache:
     """``~/.aws/login/cache`` (``$AWS_LOGIN_CACHE_DIRECTORY``), shared with ``aws login``."""
-    paths = settings.paths
-    return LoginCache(
-        JsonCacheDir(paths.login_cache_dir, paths.lock_dir, paths.state_dir / "unreadable")
-    )
+    return LoginCache(_cache_dir(settings.paths, settings.paths.login_cache_dir))
 
 
 def trusted_identity_cache(settings: Settings) -> IamTokenCache:
-    paths = settings.paths
-    return IamTokenCache(
-        JsonCacheDir(
-            paths.trusted_identity_cache_dir, paths.lock_dir, paths.state_dir / "unreadable"
-        )
-    )
+    return IamTokenCache(_cache_dir(settings.paths, settings.paths.trusted_identity_cache_dir))
 
 
 def aws_clients(settings: Settings) -> AwsClients:
@@ -257,17 +237,13 @@ async def run_daemon(
             return None
 
         def make_session(spec: SessionSpec) -> Session:
+            refresh = settings.refresh
+            signin = isinstance(spec, SigninSessionSpec)
+            # Sign-In's credentials are the served ones (interface.md): theirs is that margin
+            margin = refresh.credentials_margin_seconds if signin else refresh.token_margin_seconds
+            context = SessionContext(clock, tg, margin, on_login_required=login_required)
             if isinstance(spec, SigninSessionSpec):
-                return SigninSession(
-                    spec,
-                    cache=logins,
-                    clients=clients,
-                    clock=clock,
-                    task_group=tg,
-                    # its credentials are the served ones (interface.md)
-                    margin_seconds=settings.refresh.credentials_margin_seconds,
-                    on_login_required=login_required,
-                )
+                return SigninSession(spec, cache=logins, clients=clients, context=context)
             if isinstance(spec, TrustedIdentitySpec):
                 return TrustedIdentitySession(
                     spec,
@@ -275,20 +251,9 @@ async def run_daemon(
                     clients=clients,
                     signer=broker.signer(spec.source_profile),
                     sessions=subject,
-                    clock=clock,
-                    task_group=tg,
-                    margin_seconds=settings.refresh.token_margin_seconds,
-                    on_login_required=login_required,
+                    context=context,
                 )
-            return IdentityCenterSession(
-                spec,
-                cache=cache,
-                clients=clients,
-                clock=clock,
-                task_group=tg,
-                margin_seconds=settings.refresh.token_margin_seconds,
-                on_login_required=login_required,
-            )
+            return IdentityCenterSession(spec, cache=cache, clients=clients, context=context)
 
         broker = Broker(
             make_session=make_session,
@@ -356,7 +321,7 @@ async def _serving(
             ) from exc
         host, port = runner.addresses[0][:2]
         if server.port == 0 and not passed:
-            _atomic_write(server.address_file, f"{host}:{port}")
+            atomic_write(server.address_file, f"{host}:{port}".encode("ascii"))
         yield str(host), int(port)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_SECONDS + 1):

@@ -12,6 +12,7 @@ goes to credd's state directory first.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -68,6 +69,30 @@ def sha1_name(key: str) -> str:
 # --------------------------------------------------------------------------- files
 
 
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that no reader ever sees half a file.
+
+    A temporary file in the same directory (made 0600, then given ``mode``),
+    fsync, ``os.replace``, then the directory fsynced; a missing directory is
+    made 0700. The temporary file is removed if anything fails.
+    """
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
 class JsonCacheDir:
     """One directory of ``<name>.json`` files, with atomic writes and cross-process locks."""
 
@@ -105,21 +130,8 @@ class JsonCacheDir:
 
     def write(self, name: str, data: Mapping[str, Any]) -> None:
         """Atomically replace ``name`` (mode 0600), keeping a copy of an unreadable original."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._quarantine_if_corrupt(name)
-        payload = json.dumps(data, indent=None).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path(name))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_directory(self.directory)
+        atomic_write(self.path(name), json.dumps(data, indent=None).encode("utf-8"))
 
     def delete(self, name: str) -> bool:
         try:
@@ -184,6 +196,46 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _Token(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+TokenT = TypeVar("TokenT", bound=_Token)
+
+
+class TokenCache(abc.ABC, Generic[TokenT]):
+    """Typed access to a directory of token files: one per key, named by a hash of the key."""
+
+    def __init__(self, files: JsonCacheDir) -> None:
+        self.files = files
+
+    @staticmethod
+    @abc.abstractmethod
+    def token_name(key: str) -> str:
+        """The file's name (without ``.json``) for ``key``."""
+
+    @abc.abstractmethod
+    def _parse(self, data: Mapping[str, Any], path: Path) -> TokenT:
+        """The token in ``data``; :class:`CacheCorrupt` (naming ``path``) if there is none."""
+
+    def load_token(self, key: str) -> TokenT | None:
+        name = self.token_name(key)
+        data = self.files.read(name)
+        return None if data is None else self._parse(data, self.files.path(name))
+
+    def save_token(self, key: str, token: TokenT) -> None:
+        self.files.write(self.token_name(key), token.to_json())
+
+    def delete_token(self, key: str) -> bool:
+        return self.files.delete(self.token_name(key))
+
+    def token_mtime(self, key: str) -> float | None:
+        return self.files.mtime(self.token_name(key))
+
+    def lock(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.files.lock(self.token_name(key))
 
 
 # --------------------------------------------------------------------------- SSO tokens
@@ -356,32 +408,16 @@ def registration_cache_name(
     return sha1_name(json.dumps(args, sort_keys=True))
 
 
-class SsoCache:
+class SsoCache(TokenCache[SsoToken]):
     """Typed access to ``~/.aws/sso/cache``: tokens by session, registrations by key."""
 
-    def __init__(self, files: JsonCacheDir) -> None:
-        self.files = files
-
     @staticmethod
-    def token_name(cache_key: str) -> str:
-        return sha1_name(cache_key)
+    def token_name(key: str) -> str:
+        """``sha1(cache_key)``: the session name, or a legacy session's start URL (6.1)."""
+        return sha1_name(key)
 
-    def load_token(self, cache_key: str) -> SsoToken | None:
-        name = self.token_name(cache_key)
-        data = self.files.read(name)
-        return None if data is None else SsoToken.from_json(data, self.files.path(name))
-
-    def save_token(self, cache_key: str, token: SsoToken) -> None:
-        self.files.write(self.token_name(cache_key), token.to_json())
-
-    def delete_token(self, cache_key: str) -> bool:
-        return self.files.delete(self.token_name(cache_key))
-
-    def token_mtime(self, cache_key: str) -> float | None:
-        return self.files.mtime(self.token_name(cache_key))
-
-    def lock(self, cache_key: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.files.lock(self.token_name(cache_key))
+    def _parse(self, data: Mapping[str, Any], path: Path) -> SsoToken:
+        return SsoToken.from_json(data, path)
 
     def load_registration(self, name: str) -> Registration | None:
         try:
@@ -508,30 +544,13 @@ class LoginToken:
         return out
 
 
-class LoginCache:
+class LoginCache(TokenCache[LoginToken]):
     """Typed access to ``~/.aws/login/cache``: one file per ``login_session`` (protocols.md 6.2)."""
 
-    def __init__(self, files: JsonCacheDir) -> None:
-        self.files = files
-
     @staticmethod
-    def token_name(login_session: str) -> str:
+    def token_name(key: str) -> str:
         """``sha256(login_session)``, the AWS CLI's ``generate_login_cache_key``."""
-        return sha256_name(login_session)
+        return sha256_name(key)
 
-    def load_token(self, login_session: str) -> LoginToken | None:
-        name = self.token_name(login_session)
-        data = self.files.read(name)
-        return None if data is None else LoginToken.from_json(data, self.files.path(name))
-
-    def save_token(self, login_session: str, token: LoginToken) -> None:
-        self.files.write(self.token_name(login_session), token.to_json())
-
-    def delete_token(self, login_session: str) -> bool:
-        return self.files.delete(self.token_name(login_session))
-
-    def token_mtime(self, login_session: str) -> float | None:
-        return self.files.mtime(self.token_name(login_session))
-
-    def lock(self, login_session: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.files.lock(self.token_name(login_session))
+    def _parse(self, data: Mapping[str, Any], path: Path) -> LoginToken:
+        return LoginToken.from_json(data, path)

@@ -34,6 +34,17 @@ READY_DEADLINE = 20.0
 #: how long a stopping daemon may take before it is killed (and the test fails)
 STOP_DEADLINE = 10.0
 POLL = 0.02
+#: the Node.js SDK's half of the consumer tests (``cd tests/node && npm install``)
+NODE_DIR = Path(__file__).resolve().parent / "node"
+#: boto3's default chain in a process of its own: who am I, with which credentials
+WHOAMI = (
+    "import json, boto3\n"
+    "session = boto3.Session()\n"
+    "creds = session.get_credentials()\n"
+    "identity = session.client('sts').get_caller_identity()\n"
+    "print(json.dumps({'method': creds.method, 'key': creds.access_key,\n"
+    "                  'arn': identity['Arn'], 'account': identity['Account']}))\n"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,14 @@ async def login(env: Mapping[str, str], name: str = "my-sso", *args: str) -> Res
     result = await credd(env, *args, "login", name)
     assert result.returncode == 0, str(result)
     return result
+
+
+async def status_json(env: Mapping[str, str]) -> dict[str, Any]:
+    """``credd status --json``, parsed."""
+    result = await credd(env, "status", "--json")
+    assert result.returncode == 0, str(result)
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
 
 
 def runtime_dir(env: Mapping[str, str]) -> Path:

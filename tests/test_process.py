@@ -31,6 +31,8 @@ from credd.testing.emulator import Emulator
 from tests.conftest import ACCOUNT, AWS_CONFIG, START_URL, Home
 from tests.process_helpers import (
     CREDD,
+    NODE_DIR,
+    WHOAMI,
     Daemon,
     address_file,
     caller_identity,
@@ -43,22 +45,12 @@ from tests.process_helpers import (
     login,
     run,
     serving,
+    status_json,
     token_file,
 )
 
 LISTEN_ANY_PORT = '[server]\nlisten = "127.0.0.1:0"\n'
-REPO = Path(__file__).resolve().parent.parent
-NODE_DIR = REPO / "tests" / "node"
 AWS_CLI = Path(sys.executable).parent / "aws"
-#: boto3's default chain in a process of its own: who am I, with which credentials
-WHOAMI = (
-    "import json, boto3\n"
-    "session = boto3.Session()\n"
-    "creds = session.get_credentials()\n"
-    "identity = session.client('sts').get_caller_identity()\n"
-    "print(json.dumps({'method': creds.method, 'key': creds.access_key,\n"
-    "                  'arn': identity['Arn'], 'account': identity['Account']}))\n"
-)
 SSO_ROLE_ARN = re.compile(
     rf"^arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_ReadOnly_[0-9a-f]{{16}}/alice$"
 )
@@ -97,13 +89,6 @@ async def served_keys(daemon: Daemon, profile: str) -> dict[str, Any]:
     return answer.json()
 
 
-async def status_json(world: World) -> dict[str, Any]:
-    result = await credd(world.env, "status", "--json")
-    assert result.returncode == 0, str(result)
-    doc: dict[str, Any] = json.loads(result.stdout)
-    return doc
-
-
 def by_name(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {record["name"]: record for record in records}
 
@@ -114,7 +99,7 @@ def by_name(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 async def test_login_then_status_credential_process_and_env(world: World) -> None:
     emu = world.emu
     async with world.serving() as daemon:
-        before = await status_json(world)
+        before = await status_json(world.env)
         assert by_name(before["sessions"])["my-sso"]["state"] == "login-required"
 
         logged_in = await login(world.env)
@@ -123,7 +108,7 @@ async def test_login_then_status_credential_process_and_env(world: World) -> Non
         assert logged_in.stdout == ""
         assert emu.calls["Authorize"] == 1
 
-        doc = await status_json(world)
+        doc = await status_json(world.env)
         assert doc["daemon"]["running"] is True
         assert doc["daemon"]["pid"] == daemon.pid
         assert doc["daemon"]["listen"] == f"127.0.0.1:{daemon.port}"
@@ -294,7 +279,7 @@ async def test_restart_after_kill_9_serves_without_a_new_login(world: World) -> 
         assert emu.calls["CreateToken"] == calls["CreateToken"]
         assert emu.calls["RegisterClient"] == 1
         assert emu.calls["GetRoleCredentials"] == calls["GetRoleCredentials"] + 1
-        doc = await status_json(world)
+        doc = await status_json(world.env)
         assert by_name(doc["sessions"])["my-sso"]["state"] == "ok"
         assert await second.stop() == 0
 
@@ -481,7 +466,7 @@ async def test_corrupt_cache_is_reported_kept_and_replaced_by_login(
         assert body["code"] == body["Code"] == "LoginRequired"
         assert "credd login my-sso" in body["message"]
 
-        doc = await status_json(world)
+        doc = await status_json(world.env)
         session = by_name(doc["sessions"])["my-sso"]
         assert session["state"] == "login-required"
         assert str(world.cache_file) in session["last_error"]
@@ -530,7 +515,7 @@ async def test_logout_forgets_the_session_locally_and_upstream(world: World) -> 
         assert all(session.revoked for session in emu.state.sessions.values())
         # offline, the session needs a login too
         assert daemon.process.returncode is None
-    session = by_name((await status_json(world))["sessions"])["my-sso"]
+    session = by_name((await status_json(world.env))["sessions"])["my-sso"]
     assert session["state"] == "login-required"
     assert session["action"] == "credd login my-sso"
 
@@ -550,7 +535,7 @@ async def test_logout_stops_a_running_daemon_serving_without_restart(world: Worl
             assert answer.status == 503, answer.text
             assert answer.json()["code"] == "LoginRequired"
             assert "credd login my-sso" in answer.json()["message"]
-        session = by_name((await status_json(world))["sessions"])["my-sso"]
+        session = by_name((await status_json(world.env))["sessions"])["my-sso"]
         assert session["state"] == "login-required"
         assert daemon.process.returncode is None
 

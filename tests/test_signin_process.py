@@ -30,26 +30,18 @@ from tests.conftest import Home
 from tests.process_helpers import (
     COMMAND_DEADLINE,
     CREDD,
+    NODE_DIR,
+    WHOAMI,
     caller_identity,
     credd,
     eventually,
     log_paths,
     serving,
+    status_json,
 )
 
 USER_ARN = "arn:aws:iam::111111111111:user/alice"
 ACCOUNT = "111111111111"
-REPO = Path(__file__).resolve().parent.parent
-NODE_DIR = REPO / "tests" / "node"
-#: boto3's default chain in a process of its own: who am I, with which credentials
-WHOAMI = (
-    "import json, boto3\n"
-    "session = boto3.Session()\n"
-    "creds = session.get_credentials()\n"
-    "identity = session.client('sts').get_caller_identity()\n"
-    "print(json.dumps({'method': creds.method, 'key': creds.access_key,\n"
-    "                  'arn': identity['Arn'], 'account': identity['Account']}))\n"
-)
 AWS_CONFIG = """\
 # profiles of mine
 [profile console]
@@ -93,13 +85,6 @@ async def signin(world: World, *args: str) -> str:
     assert result.returncode == 0, str(result)
     assert result.stdout == ""
     return result.stderr
-
-
-async def status_json(world: World) -> dict[str, Any]:
-    result = await credd(world.env, "status", "--json")
-    assert result.returncode == 0, str(result)
-    doc: dict[str, Any] = json.loads(result.stdout)
-    return doc
 
 
 async def test_signin_login_is_served_at_once_to_boto3_and_node(world: World) -> None:
@@ -146,7 +131,7 @@ async def test_signin_login_is_served_at_once_to_boto3_and_node(world: World) ->
             served = (await daemon.get("/v1/credentials/console")).json()
             assert seen_js["expiration"] == served["Expiration"].replace("Z", ".000Z")
 
-        doc = await status_json(world)
+        doc = await status_json(world.env)
         session = next(s for s in doc["sessions"] if s["name"] == USER_ARN)
         assert session["kind"] == "signin"
         assert session["state"] == "ok"
@@ -243,7 +228,7 @@ async def test_the_emulator_refuses_forged_and_replayed_proofs_and_credd_keeps_w
         assert process.returncode == 0, str(process)
         keys = json.loads(process.stdout)
         assert (await anyio.to_thread.run_sync(caller_identity, emu.url, keys))["Arn"] == USER_ARN
-        doc = await status_json(world)
+        doc = await status_json(world.env)
         assert next(s for s in doc["sessions"] if s["name"] == USER_ARN)["state"] == "ok"
         assert "ValidationException" not in daemon.output()
 
@@ -267,7 +252,7 @@ async def test_logout_forgets_the_session_and_the_daemon_stops_serving_it(world:
         assert (await daemon.get("/v1/credentials/console-admin")).status == 200
         assert (await credd(world.env, "logout", USER_ARN)).returncode == 0  # by its ARN too
         assert not world.cache_file.exists()
-    offline = await status_json(world)
+    offline = await status_json(world.env)
     session = next(s for s in offline["sessions"] if s["name"] == USER_ARN)
     assert session["state"] == "login-required"
     assert session["action"] == "credd login console --signin"
@@ -302,3 +287,28 @@ async def test_no_secret_reaches_the_daemon_log_or_the_login_output(world: World
     }.items():
         for kind, secret in secrets.items():
             assert secret not in text, f"a {kind} in {place}"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "says"),
+    [
+        ("the user", "the sign-in was refused: The user denied the authorization request"),
+        ("the policy", "the signed-in principal may not use AWS Sign-In for local development"),
+    ],
+)
+async def test_a_refused_signin_login_says_why_in_one_line(
+    world: World, refusal: str, says: str
+) -> None:
+    if refusal == "the user":
+        world.emu.auto_approve = False  # the person at the browser denies the sign-in
+    else:
+        world.emu.signin_deny_permission()
+    result = await credd(world.env, "login", "console", "--signin")
+    assert result.returncode == 1, str(result)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr, str(result)
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("credd:")] == [lines[-1]], str(result)
+    assert lines[-1].startswith(f"credd: {says}"), str(result)
+    assert world.home.aws_config.read_text() == AWS_CONFIG  # no login_session written
+    assert not world.cache_file.exists()

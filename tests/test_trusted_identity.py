@@ -167,7 +167,7 @@ def token_file(home: Home, name: str = "analyst") -> dict[str, Any]:
 def cache_name(name: str) -> str:
     from credd.sessions.iam_tokens import IamTokenCache
 
-    return IamTokenCache.file_name(name)
+    return IamTokenCache.token_name(name)
 
 
 async def proven_identity(world: World, daemon: DaemonHandle, settings: Settings) -> str:

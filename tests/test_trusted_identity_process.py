@@ -24,8 +24,7 @@ from credd.testing.emulator.iam_token import user_uuid
 from credd.testing.emulator.identity_center import DEFAULT_APPLICATION_ARN
 from credd.testing.emulator.state import TemporaryCredentials
 from tests.conftest import AWS_CONFIG, Home
-from tests.process_helpers import credd, issued_secrets, login, serving
-from tests.test_process import WHOAMI
+from tests.process_helpers import WHOAMI, credd, issued_secrets, login, serving
 from tests.test_process import World as ProcessWorld
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

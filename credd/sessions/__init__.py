@@ -2,22 +2,20 @@
 
 A session holds what a sign-in left behind (a refresh token, a registration),
 renews its access token ahead of expiry, and hands a valid access token to
-whoever asks, or raises :class:`credd.errors.LoginRequired`.
+whoever asks, or raises :class:`credd.errors.LoginRequired`. The machinery
+every kind shares (cache adoption, failure bookkeeping, the renewal loop) is
+:mod:`credd.sessions.renewing`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
 import anyio.abc
-
-from credd.clock import Clock
-from credd.errors import CreddError
 
 
 class SessionState(StrEnum):
@@ -72,35 +70,3 @@ class Session(Protocol):
     def sync(self) -> None:
         """Re-read what another process (a login, a logout) may have written."""
         ...
-
-
-async def run_renewal_loop(
-    *,
-    clock: Clock,
-    adopt: Callable[[datetime], None],
-    next_wake: Callable[[datetime], datetime | None],
-    renew: Callable[[], Awaitable[object]],
-    poll_seconds: float,
-    task_status: anyio.abc.TaskStatus[None],
-) -> None:
-    """The loop of :meth:`Session.run`: renew at each wake, for as long as the daemon runs.
-
-    ``adopt`` re-reads what another process wrote (a login, another tool's
-    refresh); ``next_wake`` says when there is work, ``None`` while only a login
-    can help. Sleeps at most ``poll_seconds`` at a time, on the wall clock, so a
-    login elsewhere is picked up within seconds and a suspend never oversleeps.
-    """
-    adopt(clock.now())
-    task_status.started()
-    while True:
-        now = clock.now()
-        wake = next_wake(now)
-        poll_until = now + timedelta(seconds=poll_seconds)
-        await clock.sleep_until(poll_until if wake is None else min(wake, poll_until))
-        now = clock.now()
-        adopt(now)
-        wake = next_wake(now)  # worked out again: what was adopted may have moved it
-        if wake is not None and now >= wake:
-            # A failure is recorded by the session: its next wake retries, or waits for a login.
-            with contextlib.suppress(CreddError):
-                await renew()

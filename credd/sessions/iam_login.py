@@ -80,7 +80,7 @@ async def login_trusted_identity(
                 f"Identity Center refused the authorization code: {exc.message}", hint=again
             ) from exc
     async with cache.lock(spec.name):
-        cache.save(spec.name, token)
+        cache.save_token(spec.name, token)
     log.info("session_logged_in", session=spec.name, expires_at=token.expires_at)
     return token
 

@@ -21,7 +21,6 @@ cross-process lock (:class:`~credd.store.JsonCacheDir`).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +35,7 @@ from credd.errors import CreddError, UpstreamError
 from credd.secret import Secret
 from credd.store import (
     CacheCorrupt,
-    JsonCacheDir,
+    TokenCache,
     format_timestamp,
     parse_timestamp,
     sha1_name,
@@ -213,38 +212,22 @@ def _strings(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-class IamTokenCache:
-    """``$XDG_STATE_HOME/credd/tokens/<sha1(name)>.json``: one file per session."""
-
-    def __init__(self, files: JsonCacheDir) -> None:
-        self.files = files
+class IamTokenCache(TokenCache[IamToken]):
+    """``$XDG_STATE_HOME/credd/tokens/<sha1(name)>.json``: one file per session, by its name."""
 
     @staticmethod
-    def file_name(session: str) -> str:
-        return sha1_name(f"create-token-with-iam:{session}")
+    def token_name(key: str) -> str:
+        return sha1_name(f"create-token-with-iam:{key}")
+
+    def _parse(self, data: Mapping[str, Any], path: Path) -> IamToken:
+        return IamToken.from_json(data, path)
 
     def load(self, spec: TrustedIdentitySpec) -> IamToken | None:
         """The session's token; ``None`` when absent or left by another application or region."""
-        name = self.file_name(spec.name)
-        data = self.files.read(name)
-        if data is None:
-            return None
-        token = IamToken.from_json(data, self.files.path(name))
-        if (token.client_id, token.region) != (spec.client_id, spec.region):
+        token = self.load_token(spec.name)
+        if token is not None and (token.client_id, token.region) != (spec.client_id, spec.region):
             return None  # the configuration changed: that token is for something else
         return token
-
-    def save(self, session: str, token: IamToken) -> None:
-        self.files.write(self.file_name(session), token.to_json())
-
-    def delete(self, session: str) -> bool:
-        return self.files.delete(self.file_name(session))
-
-    def mtime(self, session: str) -> float | None:
-        return self.files.mtime(self.file_name(session))
-
-    def lock(self, session: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.files.lock(self.file_name(session))
 
 
 class IamTokenClient:

@@ -29,19 +29,15 @@ AssumeRole with ``ProvidedContexts``, :mod:`credd.profiles`).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
-import anyio
 import structlog
-from anyio.abc import TaskGroup
 
 from credd.assertions import AssertionSource
 from credd.aws import AwsClients, SigningKeys
-from credd.clock import Clock
 from credd.config import (
     AUTH_CODE_GRANT,
     IDENTITY_CONTEXT_SCOPE,
@@ -49,11 +45,10 @@ from credd.config import (
     TOKEN_EXCHANGE_GRANT,
     TrustedIdentitySpec,
 )
-from credd.errors import AssertionRequired, CreddError, LoginRequired, UpstreamError
-from credd.flight import SingleFlight
-from credd.schedule import renewal_time, retry_time
+from credd.errors import AssertionRequired, LoginRequired, UpstreamError
+from credd.schedule import renewal_time
 from credd.secret import Secret
-from credd.sessions import SessionState, SessionStatus, run_renewal_loop
+from credd.sessions import SessionState, SessionStatus
 from credd.sessions.iam_tokens import (
     ACCESS_TOKEN_TYPE,
     REFRESH_GRANT,
@@ -63,16 +58,15 @@ from credd.sessions.iam_tokens import (
     IamTokenCache,
     IamTokenClient,
 )
+from credd.sessions.renewing import (
+    REFRESH_DEADLINE_SECONDS,
+    RenewingSession,
+    SessionContext,
+    shielded,
+)
 from credd.store import CacheCorrupt
 
 log = structlog.get_logger(__name__)
-
-#: a token this close to expiry is not handed out: the call it is for must finish in time
-MIN_TOKEN_SECONDS = 30.0
-#: how long one CreateTokenWithIAM exchange and the write after it may take, shielded
-EXCHANGE_DEADLINE_SECONDS = 30.0
-#: how often the loop looks at the cache file (a `credd login` in another process)
-CACHE_POLL_SECONDS = 2.0
 
 
 class SubjectSession(Protocol):
@@ -87,7 +81,7 @@ class SubjectSession(Protocol):
     async def token_rejected(self, rejected: Secret) -> Secret: ...
 
 
-class TrustedIdentitySession:
+class TrustedIdentitySession(RenewingSession[TrustedIdentitySpec, IamToken]):
     kind = TrustedIdentitySpec.kind
 
     def __init__(
@@ -98,42 +92,23 @@ class TrustedIdentitySession:
         clients: AwsClients,
         signer: Callable[[], Awaitable[SigningKeys]],
         sessions: Callable[[str], SubjectSession | None],
-        clock: Clock,
-        task_group: TaskGroup,
-        margin_seconds: float,
-        draw: Callable[[], float] = random.random,
-        on_login_required: Callable[[str, str], None] | None = None,
+        context: SessionContext,
     ) -> None:
-        self._spec = spec
-        self.name = spec.name
-        self.margin_seconds = margin_seconds
+        super().__init__(spec, context)
         self._cache = cache
-        self._client = IamTokenClient(spec, clients=clients, clock=clock)
+        self._client = IamTokenClient(spec, clients=clients, clock=context.clock)
         self._signer = signer
         self._sessions = sessions
-        self._clock = clock
-        self._draw = draw
-        self._on_login_required = on_login_required
         self._assertions: AssertionSource | None = None
         if spec.grant_type == JWT_BEARER_GRANT:
             self._assertions = AssertionSource(
-                spec.name, file=spec.assertion_file, command=spec.assertion_command, clock=clock
+                spec.name,
+                file=spec.assertion_file,
+                command=spec.assertion_command,
+                clock=context.clock,
             )
         #: what token exchange asks for; access tokens only once the application says so
         self._requested_type = REFRESH_TOKEN_TYPE
-        self._token: IamToken | None = None
-        self._seen_mtime: float | None = None
-        self._jitter = draw()
-        self._problem: CreddError | None = None
-        self._failures = 0
-        self._retry_at: datetime | None = None
-        #: an access token a consumer saw refused: renewed even if it looks valid
-        self._rejected: Secret | None = None
-        self._flight: SingleFlight[IamToken] = SingleFlight(task_group, self._renew_tracked)
-
-    @property
-    def spec(self) -> TrustedIdentitySpec:
-        return self._spec
 
     @property
     def _automatic(self) -> bool:
@@ -143,23 +118,11 @@ class TrustedIdentitySession:
     def _renewable(self, token: IamToken) -> bool:
         return token.refresh_token is not None or self._automatic
 
-    @property
-    def _parked(self) -> bool:
-        """Only ``credd login NAME`` brings it back: nothing is retried until then."""
-        problem = self._problem
-        return isinstance(problem, LoginRequired) and problem.session == self.name
-
     # ------------------------------------------------------------------ queries
 
     def _usable(self, now: datetime) -> IamToken | None:
-        token = self._token
-        if (
-            token is not None
-            and token.expires_at - now > timedelta(seconds=MIN_TOKEN_SECONDS)
-            and token.access_token != self._rejected
-        ):
-            return token
-        return None
+        token = super()._usable(now)
+        return token if token is not None and token.access_token != self._rejected else None
 
     def usable_token(self) -> IamToken | None:
         """The token held, if it is valid for a while yet: the request path, from memory."""
@@ -179,10 +142,10 @@ class TrustedIdentitySession:
         elif problem is not None:
             state = SessionState.RETRYING
         elif token is None and not self._automatic:
-            state, action = SessionState.LOGIN_REQUIRED, f"credd login {self.name}"
+            state, action = SessionState.LOGIN_REQUIRED, self.login_command
             last_error = "not logged in"
         elif token is not None and not self._renewable(token):
-            state, action = SessionState.EXPIRING, f"credd login {self.name}"
+            state, action = SessionState.EXPIRING, self.login_command
         else:
             state = SessionState.OK
         return _status(
@@ -259,17 +222,8 @@ class TrustedIdentitySession:
 
     # ------------------------------------------------------------------ the cache
 
-    def _adopt_if_changed(self, now: datetime) -> None:
-        """Pick up what another process wrote (``credd login``, ``credd logout``)."""
-        mtime = self._cache.mtime(self.name)
-        if mtime != self._seen_mtime:
-            self._seen_mtime = mtime
-            self._load(now)
-
-    def sync(self) -> None:
-        """Re-read the cache now (after ``credd login`` or ``credd logout`` in another process)."""
-        self._seen_mtime = self._cache.mtime(self.name)
-        self._load(self._clock.now())
+    def _cache_mtime(self) -> float | None:
+        return self._cache.token_mtime(self.name)
 
     def _read(self) -> IamToken | None:
         try:
@@ -280,52 +234,31 @@ class TrustedIdentitySession:
             log.warning("session_cache_unreadable", session=self.name, error=exc.message)
             return None  # begun again; the unreadable file is kept aside when replaced
 
-    def _load(self, now: datetime) -> None:
-        try:
-            token = self._read()
-        except LoginRequired as exc:
-            self._set_token(None)
-            self._problem = exc
-            return
-        if token is None:
-            if self._token is not None:
-                log.info("session_logged_out", session=self.name)
-                self._set_token(None)
-            if not self._automatic:
-                self._problem = None  # status says: not logged in
-            return
-        if self._token is None or token.access_token != self._token.access_token:
-            self._set_token(token)
-            self._succeeded()
-            log.info("session_token_adopted", session=self.name, expires_at=token.expires_at)
+    def _nothing_cached(self, now: datetime) -> None:
+        if self._token is not None:
+            self._set_token(None, now)
+        if not self._automatic:
+            self._problem = None  # status says: not logged in
 
-    def _set_token(self, token: IamToken | None) -> None:
-        self._token = token
-        self._jitter = self._draw()
+    @staticmethod
+    def _same(a: IamToken, b: IamToken) -> bool:
+        return a.access_token == b.access_token
 
     # ------------------------------------------------------------------ renewal
-
-    async def _renew_tracked(self) -> IamToken:
-        try:
-            token = await self._renew()
-        except CreddError as exc:
-            self._fail(exc, self._clock.now())
-            raise
-        self._succeeded()
-        return token
 
     async def _renew(self) -> IamToken:
         """Renew under the cache lock: adopt, refresh, or begin again with the grant."""
         async with self._cache.lock(self.name):
             now = self._clock.now()
             on_disk = self._read()
-            self._seen_mtime = self._cache.mtime(self.name)
-            if on_disk is not None and (
-                self._token is None or on_disk.access_token != self._token.access_token
+            self._mark_seen()
+            if (
+                on_disk is not None
+                and self._adopt(on_disk, now)  # another process renewed it, or logged in
+                and self._usable(now) is not None
+                and now < self._renewal_time(on_disk)
             ):
-                self._set_token(on_disk)  # another process renewed it, or logged in: adopt
-                if self._usable(now) is not None and now < self._renewal_time(on_disk):
-                    return on_disk
+                return on_disk
             current = self._token if on_disk is not None else None
             if current is not None and current.refresh_token is not None:
                 try:
@@ -348,8 +281,8 @@ class TrustedIdentitySession:
     def _forget_refresh_token(self, current: IamToken) -> None:
         """A refused refresh token is never tried again, by this process or another."""
         kept = replace(current, refresh_token=None)
-        self._cache.save(self.name, kept)
-        self._seen_mtime = self._cache.mtime(self.name)
+        self._cache.save_token(self.name, kept)
+        self._mark_seen()
         self._token = kept
 
     async def _refresh(self, current: IamToken) -> IamToken:
@@ -424,23 +357,15 @@ class TrustedIdentitySession:
         ``presented`` is the refresh token of a refresh grant: kept if no new one comes back.
         """
         keys = await self._signer()
-        try:
-            # Shielded under a deadline: once a refresh token is rotated upstream, the new
-            # one must reach the disk whatever happens.
-            with anyio.CancelScope(shield=True), anyio.fail_after(EXCHANGE_DEADLINE_SECONDS):
-                fresh = await self._client.create(
-                    grant, keys=keys, began_with=began_with, assertion_subject=assertion_subject
-                )
-                if fresh.refresh_token is None and presented is not None:
-                    fresh = replace(fresh, refresh_token=presented)  # not rotated: still good
-                self._cache.save(self.name, fresh)
-        except TimeoutError as exc:
-            raise UpstreamError(
-                f"CreateTokenWithIAM took longer than {EXCHANGE_DEADLINE_SECONDS:.0f} s"
-            ) from exc
-        self._seen_mtime = self._cache.mtime(self.name)
-        self._set_token(fresh)
-        self._rejected = None
+        with shielded(REFRESH_DEADLINE_SECONDS, "CreateTokenWithIAM"):
+            fresh = await self._client.create(
+                grant, keys=keys, began_with=began_with, assertion_subject=assertion_subject
+            )
+            if fresh.refresh_token is None and presented is not None:
+                fresh = replace(fresh, refresh_token=presented)  # not rotated: still good
+            self._cache.save_token(self.name, fresh)
+        self._mark_seen()
+        self._set_token(fresh, self._clock.now(), renewed=True)
         log.info(
             "session_token_renewed",
             session=self.name,
@@ -467,41 +392,9 @@ class TrustedIdentitySession:
 
     # ------------------------------------------------------------------ failures
 
-    def _succeeded(self) -> None:
-        self._problem = None
-        self._failures = 0
-        self._retry_at = None
-
-    def _fail(self, error: CreddError, now: datetime) -> CreddError:
-        first = type(self._problem) is not type(error)
-        self._problem = error
-        if self._parked:
-            self._retry_at = None
-            if first:
-                log.warning("session_login_required", session=self.name, reason=error.message)
-                if self._on_login_required is not None:
-                    assert isinstance(error, LoginRequired)
-                    self._on_login_required(self.name, error.reason)
-            return error
-        token = self._token
-        self._retry_at = retry_time(
-            now,
-            self._failures,
-            draw=self._draw(),
-            not_after=token.expires_at if token else None,  # never past what is held
-        )
-        self._failures += 1
-        log.warning(
-            "session_renewal_failed",
-            session=self.name,
-            error=error.message,
-            retry_at=self._retry_at,
-        )
-        return error
-
     def _retry_due(self, now: datetime) -> bool:
         """Whether to try again now: the backoff is over, or what was missing is there now."""
-        if self._retry_at is None or now >= self._retry_at:
+        if super()._retry_due(now):
             return True
         problem = self._problem
         if isinstance(problem, AssertionRequired):
@@ -512,23 +405,6 @@ class TrustedIdentitySession:
         return False
 
     # ------------------------------------------------------------------ the background loop
-
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Keep the token renewed ahead of expiry, beginning at once where no person is needed.
-
-        Sleeps in short chunks so that what another process writes (a login)
-        is picked up within seconds.
-        """
-        await run_renewal_loop(
-            clock=self._clock,
-            adopt=self._adopt_if_changed,
-            next_wake=self._next_wake,
-            renew=self._flight.run,
-            poll_seconds=CACHE_POLL_SECONDS,
-            task_status=task_status,
-        )
 
     def _next_wake(self, now: datetime) -> datetime | None:
         """When the loop has work to do; ``None`` while only a login can help."""
