@@ -147,6 +147,13 @@ def session_status(daemon: DaemonHandle, name: str = "analyst") -> SessionStatus
     return next(s for s in daemon.broker.session_statuses() if s.name == name)
 
 
+def served_bearer(daemon: DaemonHandle, name: str = "analyst") -> str | None:
+    """The access token the daemon holds for ``name`` in memory, if any."""
+    session = daemon.broker.bearer_session(name)
+    held = session.usable_token() if session else None
+    return held.access_token.reveal() if held else None
+
+
 def session_state(daemon: DaemonHandle, name: str = "analyst") -> str:
     return str(session_status(daemon, name).state)
 
@@ -309,6 +316,8 @@ async def test_jwt_bearer_from_a_command_serves_a_bearer_token_signed_by_the_env
         first = bearer["accessToken"]
         world.clock.advance(45 * 60)
         await eventually(lambda: token_file(world.home)["accessToken"] != first)
+        # the file is written before the new token is used; wait for it to be in use too
+        await eventually(lambda: served_bearer(daemon) not in (None, first))
         status, renewed = await get(daemon, "/v1/tokens/analyst")
         assert status == 200
         assert renewed["accessToken"] != first
@@ -611,7 +620,8 @@ async def test_a_refused_refresh_token_of_an_authorization_code_session_needs_a_
         world.clock.advance(61 * 60)
         await eventually(lambda: session_state(daemon) == "login-required")
         assert session_status(daemon).action == "credd login analyst"
-        assert "refreshToken" not in token_file(world.home)  # a refused one is never reused
+        # a refused refresh token is never reused: it leaves the cache file
+        await eventually(lambda: "refreshToken" not in token_file(world.home))
         status, body = await get(daemon, "/v1/credentials/analyst")
         assert status == 503
         assert body["code"] == "LoginRequired"
