@@ -240,14 +240,19 @@ async def serving(
         host, port, token = ready
         yield Daemon(process, host, port, token, stdout_path, stderr_path)
     finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.terminate()
-                with anyio.move_on_after(STOP_DEADLINE):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
+        await stop_process(process)
+
+
+async def stop_process(process: Process) -> None:
+    """SIGTERM, then SIGKILL past the deadline; shielded, so a failing test still cleans up."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(STOP_DEADLINE):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
 
 
 # --------------------------------------------------------------------------- proofs

@@ -47,6 +47,7 @@ from tests.process_helpers import (
     http_get,
     log_paths,
     serving,
+    stop_process,
     token_file,
 )
 from tests.test_systemd_units import directives, installed_credd, systemd_tool
@@ -227,14 +228,7 @@ async def notified_serving(
 
 
 async def _ended(process: Process) -> None:
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.terminate()
-            with anyio.move_on_after(STOP_DEADLINE):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()
+    await stop_process(process)
 
 
 async def keys(daemon: Daemon, profile: str) -> dict[str, Any]:

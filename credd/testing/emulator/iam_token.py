@@ -218,13 +218,7 @@ class IamTokenService:
     # authentication ---------------------------------------------------------
 
     def _authenticate(self, request: web.Request, body: bytes) -> IssuedCredentials:
-        signed = sigv4.SignedRequest(
-            method=request.method,
-            raw_path=request.rel_url.raw_path,
-            raw_query=request.rel_url.raw_query_string,
-            headers=request.headers,
-            body=body,
-        )
+        signed = sigv4.SignedRequest.of(request, body)
         try:
             caller = sigv4.authenticate(
                 signed,

@@ -24,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from typing import Final, Literal
 from urllib.parse import quote, unquote_plus
 
+from aiohttp import web
 from multidict import MultiMapping
 
 from credd.secret import Secret
@@ -69,6 +70,17 @@ class SignedRequest:
     raw_query: str
     headers: MultiMapping[str]
     body: bytes
+
+    @classmethod
+    def of(cls, request: web.Request, body: bytes) -> SignedRequest:
+        """The parts of an aiohttp request that SigV4 signs, exactly as they arrived."""
+        return cls(
+            method=request.method,
+            raw_path=request.rel_url.raw_path,
+            raw_query=request.rel_url.raw_query_string,
+            headers=request.headers,
+            body=body,
+        )
 
 
 # -- the signature -------------------------------------------------------------
