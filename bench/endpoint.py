@@ -53,19 +53,28 @@ import json
 import os
 import platform
 import re
-import resource
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any
+from typing import Any
+
+from harness import (
+    PROFILE,
+    BenchError,
+    CpuSnapshot,
+    Home,
+    Processes,
+    Workspace,
+    guarded,
+    http_get,
+    progress,
+    workspace,
+)
 
 DEFAULT_CONNECTIONS = (1, 32, 256)
 #: issue 6: credd keeps at least this share of the floor's throughput at 32 connections
@@ -76,35 +85,12 @@ TARGET_P99_MS = 2.0
 PERCENTILES = (50, 75, 90, 99)
 #: CPUs busy outside the benchmark above which a run is reported as noisy
 NOISE_CPUS = 0.1
-PROFILE = "dev"
-SESSION = "my-sso"
-START_URL = "https://d-1234567890.awsapps.com/start"
-STARTUP_SECONDS = 30.0
-STOP_SECONDS = 5.0
-
-#: as ``aws configure sso`` writes it (tests/conftest.py AWS_CONFIG, without the chain)
-AWS_CONFIG = f"""\
-[sso-session {SESSION}]
-sso_start_url = {START_URL}
-sso_region = us-east-1
-sso_registration_scopes = sso:account:access
-
-[profile {PROFILE}]
-sso_session = {SESSION}
-sso_account_id = 111111111111
-sso_role_name = ReadOnly
-region = eu-west-1
-"""
-
-CREDD_CONFIG = """\
-[server]
-listen = "127.0.0.1:0"
-"""
 
 #: ``credd serve`` with the event loop chosen from outside: argv[1] is ``asyncio`` or
 #: ``uvloop``. anyio.run (credd.cli) makes its loop through the policy set here.
 CREDD_LAUNCHER = """\
-import asyncio, sys
+import asyncio, os, sys
+os.environ["CREDD_EVENT_LOOP"] = "asyncio"  # the policy below decides, not credd
 if sys.argv.pop(1) == "uvloop":
     import uvloop
     Base = uvloop.EventLoopPolicy
@@ -121,13 +107,7 @@ from credd.cli import main
 main()
 """
 
-#: variables that could point a child at real AWS state or real credentials
-_CLEARED_PREFIXES = ("AWS_", "CREDD_", "XDG_")
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-class BenchError(Exception):
-    """The benchmark could not be set up or run; the message says what failed."""
 
 
 # --------------------------------------------------------------------------- results
@@ -192,133 +172,6 @@ class ModeResult:
     rows: list[Row]
 
 
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Every child this run started, stopped in reverse order whatever happens.
-
-    Children get a session of their own, so a Ctrl-C reaches only this process,
-    which then stops them (SIGTERM, then SIGKILL after a deadline) itself.
-    """
-
-    def __init__(self, logs: Path, server_cpus: set[int] | None) -> None:
-        self._logs = logs
-        self._server_cpus = server_cpus
-        self._running: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        env: dict[str, str],
-        *,
-        cpus: set[int] | None = None,
-        capture: bool = False,
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv``; its stdout goes to ``logs/NAME.out`` (or a pipe), stderr to .err."""
-        out: IO[bytes] | int = (
-            subprocess.PIPE if capture else (self._logs / f"{name}.out").open("wb")
-        )
-        err = (self._logs / f"{name}.err").open("wb")
-        pinned = cpus
-
-        def pin() -> None:  # runs in the child between fork and exec
-            if pinned:
-                os.sched_setaffinity(0, pinned)
-
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                # preexec_fn is unsafe only with threads; this process starts none
-                preexec_fn=pin if pinned else None,
-            )
-        finally:
-            if not isinstance(out, int):
-                out.close()
-            err.close()
-        self._running.append((name, proc))
-        return proc
-
-    def start_server(
-        self, name: str, argv: Sequence[str], env: dict[str, str]
-    ) -> subprocess.Popen[bytes]:
-        return self.start(name, argv, env, cpus=self._server_cpus)
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        texts = []
-        for suffix in ("out", "err"):
-            path = self._logs / f"{name}.{suffix}"
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                if tail:
-                    texts.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(texts) or "(no output)"
-
-    def wait_for_line(self, name: str, proc: subprocess.Popen[bytes], prefix: str) -> str:
-        """The rest of the first stdout line of ``name`` starting with ``prefix``."""
-        path = self._logs / f"{name}.out"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if path.exists():
-                for line in path.read_text(errors="replace").splitlines():
-                    if line.startswith(prefix):
-                        return line[len(prefix) :].strip()
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"{name} exited with status {proc.returncode} before printing {prefix}\n"
-                    + self.log_tail(name)
-                )
-            time.sleep(0.02)
-        raise BenchError(f"{name} printed no {prefix} in {STARTUP_SECONDS:.0f} s")
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        for entry in list(self._running):
-            if entry[1] is proc:
-                self._running.remove(entry)
-        _terminate(proc)
-
-    def stop_all(self) -> None:
-        while self._running:
-            _name, proc = self._running.pop()
-            _terminate(proc)
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's process group (it leads its own session), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            continue
-        return
-
-
-def _child_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED_PREFIXES)}
-    runtime = home / "run"
-    env.update(
-        HOME=str(home),
-        XDG_RUNTIME_DIR=str(runtime),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_STATE_HOME=str(home / ".local" / "state"),
-        # botocore must never find real credentials or a real region on this machine
-        AWS_EC2_METADATA_DISABLED="true",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
 # --------------------------------------------------------------------------- the setup
 
 
@@ -332,41 +185,22 @@ class Target:
 
 
 class Bench:
-    """The throwaway HOME and the processes in it."""
+    """The throwaway HOME (:class:`harness.Home`), credd in it, and the floor beside it."""
 
-    def __init__(self, root: Path, procs: Processes) -> None:
-        self.root = root
-        self.procs = procs
-        self.home = root / "home"
-        self.runtime = self.home / "run"
-        self.emulator_url = ""
-        self.env: dict[str, str] = {}
+    def __init__(self, ws: Workspace) -> None:
+        self.home = Home(ws)
+        self.procs = ws.procs
         self.body_size = 0
         self._credd: subprocess.Popen[bytes] | None = None
         self._floor: subprocess.Popen[bytes] | None = None
         self._credd_starts = 0
 
-    def prepare(self) -> None:
-        from credd.testing.browser import install_shim  # credd must be importable here
+    @property
+    def env(self) -> dict[str, str]:
+        return self.home.env
 
-        self.home.mkdir()
-        self.runtime.mkdir(mode=0o700)
-        (self.home / ".aws").mkdir()
-        (self.home / ".aws" / "config").write_text(AWS_CONFIG)
-        config = self.home / ".config" / "credd" / "config.toml"
-        config.parent.mkdir(parents=True)
-        config.write_text(CREDD_CONFIG)
-        browser = install_shim(self.root / "browser")
-        emulator_env = _child_env(self.home, {})
-        emulator = self.procs.start_server(
-            "emulator",
-            [sys.executable, "-m", "credd.testing.emulator", "--port", "0"],
-            emulator_env,
-        )
-        self.emulator_url = self.procs.wait_for_line("emulator", emulator, "EMULATOR_URL=")
-        self.env = _child_env(
-            self.home, {"AWS_ENDPOINT_URL": self.emulator_url, "BROWSER": str(browser)}
-        )
+    def prepare(self) -> None:
+        self.home.prepare()
 
     def start_credd(self, loop: str) -> Target:
         """``credd serve`` through the launcher; logs in once, then warms ``dev`` up."""
@@ -374,40 +208,15 @@ class Bench:
             self.procs.stop(self._credd)
         self._credd_starts += 1
         name = f"credd-{loop}-{self._credd_starts}"
-        address = self.runtime / "credd" / "address"
-        with contextlib.suppress(FileNotFoundError):
-            address.unlink()  # a stale one would point at a dead port
-        self._credd = self.procs.start_server(
-            name, [sys.executable, "-c", CREDD_LAUNCHER, loop, "serve"], self.env
+        credd = self.home.start_credd(
+            [sys.executable, "-c", CREDD_LAUNCHER, loop, "serve"], name=name
         )
-        kind = self.procs.wait_for_line(name, self._credd, "BENCH_LOOP=")
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not address.exists():
-            if self._credd.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"credd serve did not start\n{self.procs.log_tail(name)}")
-            time.sleep(0.02)
-        url = "http://" + address.read_text().strip()
-        token = (self.runtime / "credd" / "token").read_text()
+        self._credd = credd.proc
+        kind = self.procs.wait_for_line(name, credd.proc, "BENCH_LOOP=")
         if self._credd_starts == 1:
-            self._login()
-        status, body = http_get(f"{url}/v1/credentials/{PROFILE}", token)
-        if status != 200 or b"AccessKeyId" not in body:
-            raise BenchError(f"warm-up GET answered {status}\n{self.procs.log_tail(name)}")
-        self.body_size = len(body)
-        return Target("credd", f"{url}/v1/credentials/{PROFILE}", token, kind, self._credd.pid)
-
-    def _login(self) -> None:
-        login = self.procs.start(
-            "login",
-            [sys.executable, "-c", "from credd.cli import main; main()", "login", SESSION],
-            self.env,
-        )
-        try:
-            status = login.wait(60)
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError("credd login did not finish in 60 s") from exc
-        if status != 0:
-            raise BenchError(f"credd login failed ({status})\n{self.procs.log_tail('login')}")
+            self.home.login()
+        self.body_size = len(self.home.get_credentials(credd, PROFILE))
+        return Target("credd", credd.credentials_url(PROFILE), credd.token, kind, credd.pid)
 
     def start_floor(self, loop: str) -> Target:
         if self._floor is not None:
@@ -417,7 +226,7 @@ class Bench:
         self._floor = self.procs.start_server(
             name,
             [sys.executable, __file__, "--serve-floor", str(self.body_size), "--loop", loop],
-            {**self.env, "BENCH_TOKEN": token},
+            {**self.home.env, "BENCH_TOKEN": token},
         )
         url = self.procs.wait_for_line(name, self._floor, "FLOOR_URL=")
         kind = self.procs.wait_for_line(name, self._floor, "BENCH_LOOP=")
@@ -425,16 +234,6 @@ class Bench:
         if status != 200 or len(body) != self.body_size:
             raise BenchError(f"the floor answered {status} with {len(body)} bytes")
         return Target("floor", f"{url}/v1/credentials/{PROFILE}", token, kind, self._floor.pid)
-
-
-def http_get(url: str, token: str) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, headers={"Authorization": token})  # noqa: S310  # http://127.0.0.1 only
-    try:
-        with opener.open(request, timeout=10) as answer:
-            return int(answer.status), bytes(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 # --------------------------------------------------------------------------- load
@@ -491,11 +290,11 @@ class Load:
         else:
             argv = [sys.executable, __file__, "--load-client", target.url, str(connections)]
             argv += ["--duration", f"{seconds:g}"]
-        before = CpuSnapshot.take(target.pid)
+        before = CpuSnapshot.take([target.pid])
         proc = self._procs.start(name, argv, env, cpus=self._cpus, capture=True)
         try:
             out, _ = proc.communicate(timeout=seconds + 60)
-            after = CpuSnapshot.take(target.pid)
+            after = CpuSnapshot.take([target.pid])
         except subprocess.TimeoutExpired as exc:
             raise BenchError(
                 f"the load generator did not finish ({' '.join(argv[:3])} ...)"
@@ -507,53 +306,18 @@ class Load:
         if proc.returncode != 0:
             raise BenchError(f"load generator failed ({proc.returncode}): {text[-500:]}")
         result = parse_wrk(text) if self.wrk else LoadResult(**_result_fields(json.loads(text)))
-        return after.account(before, result)
+        return _account(after, before, result)
 
 
-@dataclasses.dataclass(frozen=True)
-class CpuSnapshot:
-    """CPU time so far: the machine's, the server's, this process's and its reaped children's.
-
-    What the machine spent beyond the server, the load generator (a reaped
-    child by the second snapshot) and this process was spent by someone else:
-    a run with much of that is a noisy run. Interrupt time is left out on both
-    sides (loopback traffic is partly accounted there).
-    """
-
-    wall: float
-    busy: float
-    steal: float
-    server: float
-    ours: float
-
-    @staticmethod
-    def take(server_pid: int) -> CpuSnapshot:
-        tick = os.sysconf("SC_CLK_TCK")
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        user, nice, system = (int(v) for v in fields[:3])
-        steal = int(fields[7]) if len(fields) > 7 else 0
-        stat = Path(f"/proc/{server_pid}/stat").read_text()
-        utime, stime = (int(v) for v in stat.rpartition(")")[2].split()[11:13])
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return CpuSnapshot(
-            wall=time.monotonic(),
-            busy=(user + nice + system) / tick,
-            steal=steal / tick,
-            server=(utime + stime) / tick,
-            ours=me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime,
-        )
-
-    def account(self, before: CpuSnapshot, result: LoadResult) -> LoadResult:
-        wall = self.wall - before.wall
-        server = self.server - before.server
-        others = (self.busy - before.busy) - server - (self.ours - before.ours)
-        return dataclasses.replace(
-            result,
-            server_cpu=server,
-            other_cpus=max(0.0, others / wall),
-            steal_cpus=(self.steal - before.steal) / wall,
-        )
+def _account(after: CpuSnapshot, before: CpuSnapshot, result: LoadResult) -> LoadResult:
+    """``result`` with the server's CPU time and the machine's other load during the run."""
+    use = after.since(before)
+    return dataclasses.replace(
+        result,
+        server_cpu=use.watched,
+        other_cpus=use.other_cpus,
+        steal_cpus=use.steal_cpus,
+    )
 
 
 def _result_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -725,7 +489,7 @@ def run_mode(
             for target in order:
                 runs[target.name].append(load.run(target, n, args.duration))
         rows.append(Row(n, _median_run(runs["credd"]), _median_run(runs["floor"])))
-        _progress(f"  [{loop}] {n} connection(s) done")
+        progress(f"  [{loop}] {n} connection(s) done")
     return ModeResult(loop, credd.loop, floor.loop, rows)
 
 
@@ -954,10 +718,6 @@ def format_uvloop(base: ModeResult, fast: ModeResult) -> list[str]:
     return lines
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -1020,62 +780,28 @@ def _split_cpus(pin: bool) -> tuple[set[int], set[int]] | None:
     return {cpus[0]}, set(cpus[1:])
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C does, so the cleanup below runs for both."""
-
-    def interrupt(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(
-        signal.SIGTERM, interrupt
-    )
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def bench_main(args: argparse.Namespace) -> int:
     if args.uvloop and not _has_uvloop():
-        _progress("--uvloop: uvloop is not importable (pip install uvloop); running asyncio only")
+        progress("--uvloop: uvloop is not importable (pip install uvloop); running asyncio only")
         args.uvloop = False
     pinned = _split_cpus(args.pin)
-    root = Path(tempfile.mkdtemp(prefix="credd-bench-"))
-    logs = root / "logs"
-    logs.mkdir()
-    procs = Processes(logs, pinned[0] if pinned else None)
-    load = Load(procs, root, pinned[1] if pinned else None, args.threads, args.wrk)
-    if args.wrk and load.wrk is None:
-        _progress("wrk not found (apt-get install wrk); using the aiohttp load client instead")
-    report: list[str] = []
-    profile: str | None = None
-    try:
-        with _sigterm_as_interrupt():
-            bench = Bench(root, procs)
-            _progress(f"setting up in {root} ...")
-            bench.prepare()
-            modes = [run_mode(bench, load, "asyncio", args.connections, args)]
-            if args.uvloop:
-                modes.append(run_mode(bench, load, "uvloop", args.connections, args))
-            profile = (
-                profile_credd(bench, load, args.duration, root / "profile")
-                if args.profile
-                else None
-            )
-    except KeyboardInterrupt:
-        _progress("interrupted; stopping every child process")
-        return 130
-    except BenchError as exc:
-        _progress(f"benchmark failed: {exc}")
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
-        procs.stop_all()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if not args.keep and profile is None:  # a profile's raw stacks are kept
-            shutil.rmtree(root, ignore_errors=True)
+    with workspace(keep=args.keep, server_cpus=pinned[0] if pinned else None) as ws:
+        root = ws.root
+        load = Load(ws.procs, root, pinned[1] if pinned else None, args.threads, args.wrk)
+        if args.wrk and load.wrk is None:
+            progress("wrk not found (apt-get install wrk); using the aiohttp load client instead")
+        bench = Bench(ws)
+        progress(f"setting up in {root} ...")
+        bench.prepare()
+        modes = [run_mode(bench, load, "asyncio", args.connections, args)]
+        if args.uvloop:
+            modes.append(run_mode(bench, load, "uvloop", args.connections, args))
+        profile = None
+        if args.profile:
+            profile = profile_credd(bench, load, args.duration, root / "profile")
+            ws.keep = True  # a profile's raw stacks are kept
 
+    report: list[str] = []
     report.append(
         f"credd endpoint benchmark: GET /v1/credentials/{PROFILE} ({bench.body_size}-byte JSON "
         f"answer), {args.duration:g} s per run, {args.rounds} round(s), credd and the floor "
@@ -1110,7 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         url, connections = args.load_client
         load_client(url, int(connections), args.duration)
         return 0
-    return bench_main(args)
+    return guarded(lambda: bench_main(args))
 
 
 if __name__ == "__main__":

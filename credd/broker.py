@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +35,14 @@ from credd.config import (
     SessionSpec,
     SigningSource,
 )
-from credd.errors import AssertionRequired, CreddError, LoginRequired, NotServed, UpstreamError
+from credd.errors import (
+    AssertionRequired,
+    CreddError,
+    InternalFailure,
+    LoginRequired,
+    NotServed,
+    UpstreamError,
+)
 from credd.flight import SingleFlight
 from credd.profiles import Fetcher, RoleCredentials, make_fetcher, source_keys
 from credd.schedule import renewal_time, retry_time
@@ -82,6 +91,24 @@ class ProfileStatus:
 class _Keeper:
     """Everything the broker knows about one served profile."""
 
+    __slots__ = (
+        "_creds",
+        "_serve_until",
+        "failures",
+        "fetcher",
+        "flight",
+        "last_used",
+        "next_renewal",
+        "plan",
+        "prefetch",
+        "problem",
+        "renewing",
+        "retired",
+        "retry_at",
+        "session",
+        "spec",
+    )
+
     def __init__(self, spec: ServedProfile, session: str | None, prefetch: bool) -> None:
         self.spec = spec
         #: the Identity Center session at the root of the profile's source chain
@@ -96,13 +123,16 @@ class _Keeper:
         self.failures = 0
         self.retry_at: datetime | None = None
         self.next_renewal: datetime | None = None
+        #: in the renewal plan: renewed ahead of expiry until it goes idle
         self.renewing = False
-        #: cancels the renewal loop when a reload removes or replaces the profile
-        self.scope: anyio.CancelScope | None = None
+        #: the number of its entry in the broker's renewal plan; ``None``: none planned
+        self.plan: int | None = None
+        #: a reload removed or replaced the profile: nothing more is planned for it
+        self.retired = False
 
     def retire(self) -> None:
-        if self.scope is not None:
-            self.scope.cancel()
+        self.retired = True
+        self.plan = None
 
     @property
     def creds(self) -> RoleCredentials | None:
@@ -146,6 +176,12 @@ class Broker:
         self._sources: Mapping[str, SigningSource] = {}
         self._keepers: dict[str, _Keeper] = {}
         self._running = False
+        #: the renewal plan, a heap of (when, number, keeper): one task renews every profile
+        self._plan: list[tuple[datetime, int, _Keeper]] = []
+        self._numbers = itertools.count()
+        #: the renewal task's sleep, and until when: cancelled when something is due sooner
+        self._sleep: anyio.CancelScope | None = None
+        self._sleep_until: datetime | None = None
 
     def apply(
         self,
@@ -326,6 +362,11 @@ class Broker:
         except CreddError as exc:
             self._failed(keeper, exc, now)
             raise
+        except Exception as exc:
+            log.exception("fetch_bug", profile=name)
+            failure = InternalFailure(exc)
+            self._failed(keeper, failure, now)
+            raise failure from exc
         keeper.creds = creds
         keeper.problem = None
         keeper.failures = 0
@@ -357,35 +398,70 @@ class Broker:
 
     def _start_keeper(self, keeper: _Keeper) -> None:
         keeper.renewing = True
-        self._task_group.start_soon(self._run_keeper, keeper, name=f"keeper:{keeper.spec.name}")
+        self._schedule(keeper, self._clock.now())
 
-    async def _run_keeper(self, keeper: _Keeper) -> None:
-        """Renew one profile's credentials ahead of expiry while it is in use."""
-        assert keeper.flight is not None
-        try:
-            with anyio.CancelScope() as keeper.scope:
-                await self._keep(keeper, keeper.flight)
-        finally:
+    def _idle_at(self, keeper: _Keeper, now: datetime) -> datetime:
+        return (keeper.last_used or now) + timedelta(seconds=self._refresh.idle_timeout_seconds)
+
+    def _idle(self, keeper: _Keeper, now: datetime) -> bool:
+        return not keeper.prefetch and now >= self._idle_at(keeper, now)
+
+    def _schedule(self, keeper: _Keeper, now: datetime) -> None:
+        """Plan the keeper's next turn: its next fetch, or the moment it goes idle."""
+        idle_at = self._idle_at(keeper, now)
+        if keeper.retired or self._idle(keeper, now):
+            if not keeper.retired:
+                log.info("profile_idle", profile=keeper.spec.name)
             keeper.renewing = False
             keeper.next_renewal = None
+            keeper.plan = None
+            return
+        wake = self._next_fetch(keeper, now)
+        keeper.next_renewal = wake
+        at = wake if keeper.prefetch else min(wake, idle_at)
+        keeper.plan = number = next(self._numbers)
+        heapq.heappush(self._plan, (at, number, keeper))
+        if self._sleep is not None and (self._sleep_until is None or at < self._sleep_until):
+            self._sleep.cancel()  # the renewal task sleeps past it: wake it to plan again
 
-    async def _keep(self, keeper: _Keeper, flight: SingleFlight[RoleCredentials]) -> None:
+    async def _renewals(self) -> None:
+        """Renew every profile in use ahead of expiry: one task, whatever their number.
+
+        A profile's turn comes at its next fetch, or when it would go idle
+        (nobody asked for ``idle_timeout_seconds``), whichever is first; a turn
+        that finds it still in use but not yet due plans the next one.
+        """
         while True:
             now = self._clock.now()
-            idle_at = (keeper.last_used or now) + timedelta(
-                seconds=self._refresh.idle_timeout_seconds
-            )
-            if not keeper.prefetch and now >= idle_at:
-                log.info("profile_idle", profile=keeper.spec.name)
-                return
-            wake = self._next_fetch(keeper, now)
-            keeper.next_renewal = wake
-            await self._clock.sleep_until(wake if keeper.prefetch else min(wake, idle_at))
-            if self._clock.now() < wake:
-                continue  # woke to check idleness
-            # A failure is recorded by _failed, with the retry time the next turn uses.
-            with contextlib.suppress(CreddError):
-                await flight.run()
+            while self._plan and self._plan[0][0] <= now:
+                _at, number, keeper = heapq.heappop(self._plan)
+                if keeper.plan != number:
+                    continue  # planned again since, or retired
+                keeper.plan = None
+                wake = keeper.next_renewal
+                if (wake is not None and now < wake) or self._idle(keeper, now):
+                    # Not due yet (woke to check idleness), or nobody asked for it in
+                    # idle_timeout_seconds (time jumped past both): no fetch for nobody.
+                    self._schedule(keeper, now)
+                else:
+                    self._task_group.start_soon(
+                        self._renew, keeper, name=f"renew:{keeper.spec.name}"
+                    )
+            with anyio.CancelScope() as self._sleep:
+                self._sleep_until = self._plan[0][0] if self._plan else None
+                if self._sleep_until is None:
+                    await anyio.sleep_forever()
+                else:
+                    await self._clock.sleep_until(self._sleep_until)
+            self._sleep = None
+            self._sleep_until = None
+
+    async def _renew(self, keeper: _Keeper) -> None:
+        assert keeper.flight is not None
+        # A failure is recorded by _failed, with the retry time the next plan uses.
+        with contextlib.suppress(CreddError):
+            await keeper.flight.run()
+        self._schedule(keeper, self._clock.now())
 
     def _next_fetch(self, keeper: _Keeper, now: datetime) -> datetime:
         if keeper.retry_at is not None:
@@ -393,14 +469,17 @@ class Broker:
         creds = keeper.creds
         if creds is None:
             return now
-        at = renewal_time(
+        if creds.renew_by is not None:
+            # The source says when it replaces them (a Sign-In session, ahead of the SDKs'
+            # window, with a margin never smaller than this one): its time, jitter drawn once.
+            # A second draw here would renew at the earlier of two: more calls for nothing.
+            return creds.renew_by
+        return renewal_time(
             lifetime_start=creds.received_at,
             expires_at=creds.expiration,
             margin_seconds=self._refresh.credentials_margin_seconds,
             draw=self._draw(),
         )
-        # The source may replace them sooner (a Sign-In session, ahead of the SDKs' window).
-        return at if creds.renew_by is None else min(at, creds.renew_by)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -408,6 +487,7 @@ class Broker:
         """Start every session's renewal loop (each reads its cache first) and the prefetches."""
         for session in list(self._sessions.values()):
             await self._task_group.start(self._run_session, session)
+        self._task_group.start_soon(self._renewals, name="renewals")
         self._running = True
         for keeper in self._keepers.values():
             if keeper.prefetch and not keeper.renewing:

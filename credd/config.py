@@ -10,6 +10,7 @@ reason, and ``credd status`` shows it while every other profile keeps working.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import shlex
 import tomllib
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from credd.errors import ConfigError
-from credd.ini import IniFile, Section, read_ini
+from credd.ini import IniFile, Section, read_config_text, read_ini
 from credd.paths import Paths, expand_path
 from credd.secret import Secret
 
@@ -32,6 +33,13 @@ DEFAULT_TOKEN_MARGIN: Final = 1200.0
 # minutes remain (protocols.md 7.2), so serve them with more than that.
 DEFAULT_CREDENTIALS_MARGIN: Final = 1200.0
 DEFAULT_IDLE_TIMEOUT: Final = 7200.0
+#: the most any ``*_seconds`` key may say (31 years): anything past it is a typo
+MAX_SECONDS: Final = 1e9
+# The endpoint's bounds (credd/limits.py). A laptop's SDKs hold a handful of
+# connections; these leave room for a test runner starting hundreds of processes.
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+DEFAULT_MAX_WAITING_REQUESTS: Final = 512
+DEFAULT_IDLE_CONNECTION: Final = 10.0
 #: the Sign-In region when a profile names none: what ``aws login`` offers (protocols.md 4.1)
 DEFAULT_SIGNIN_REGION: Final = "us-east-1"
 
@@ -44,12 +52,14 @@ IAM_GRANTS: Final = (JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT, AUTH_CODE_GRANT)
 #: the scope that brings the identity context AssumeRole needs (protocols.md 2.2, 5)
 IDENTITY_CONTEXT_SCOPE: Final = "sts:identity_context"
 
-_ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
-_APPLICATION_ARN = re.compile(r"^arn:aws[\w-]*:sso::\d{12}:application/[\w-]+/[\w-]+$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_SESSION_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}$")
-_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
-_WHOLE_NUMBER = re.compile(r"^[0-9]+$")
+# \Z, not $: $ also matches before a final newline, which a TOML string can hold
+_ROLE_ARN = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+\Z", re.ASCII)
+_APPLICATION_ARN = re.compile(r"^arn:aws[\w-]*:sso::\d{12}:application/[\w-]+/[\w-]+\Z", re.ASCII)
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+\Z", re.ASCII)
+_SESSION_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}\Z", re.ASCII)
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}\Z", re.ASCII)
+#: at most 18 digits: int() of a 5,000-digit string raises ValueError, not ours
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}\Z")
 
 
 # --------------------------------------------------------------------------- model
@@ -244,6 +254,12 @@ class ServerSettings:
     host: str
     port: int
     token_file: Path
+    #: connections open at once; one more is answered 503 and closed
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: requests waiting for an upstream fetch at once; one more is answered 429
+    max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS
+    #: a connection that sends no whole request in this long is closed (slow clients)
+    idle_connection_seconds: float = DEFAULT_IDLE_CONNECTION
 
     @property
     def listen(self) -> str:
@@ -306,12 +322,22 @@ class Settings:
 
 # --------------------------------------------------------------------------- credd TOML
 
+_TOML_POSITION = re.compile(r"\(at line (?P<line>\d+), column \d+\)$")
+
+
+def _toml_error(path: Path, text: str, exc: ValueError) -> ConfigError:
+    """A ``tomllib`` error as ``PATH:LINE: not valid TOML: ...`` (3.11's carries no line)."""
+    message = str(exc)
+    found = _TOML_POSITION.search(message)
+    line = int(found["line"]) if found else text.count("\n") + 1  # else "at end of document"
+    return ConfigError(f"{path}:{line}: not valid TOML: {message}")
+
 
 def _toml_line(text: str, table: tuple[str, ...], key: str | None) -> int | None:
     """Best-effort line of ``key`` in ``[table]`` (tomllib keeps no positions)."""
     header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]\s*$")
     in_table = not table
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # as tomllib counts lines
         if line.lstrip().startswith("["):
             if in_table and key is None:
                 return None
@@ -355,8 +381,17 @@ class _TomlReader:
 
     def seconds(self, key: str, default: float) -> float:
         value: float = self.get(key, float, default)
+        if not math.isfinite(value) or value > MAX_SECONDS:
+            # nan passes every comparison, and inf or 1e300 overflow a timedelta later on
+            raise self.error(key, f"expected a number of seconds up to {MAX_SECONDS:.0e}")
         if value < 0:
             raise self.error(key, "must not be negative")
+        return value
+
+    def count(self, key: str, default: int) -> int:
+        value: int = self.get(key, int, default)
+        if value < 1:
+            raise self.error(key, "must be at least 1")
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -375,6 +410,12 @@ class _TomlReader:
         line = _toml_line(self.text, self.table, None)
         where = f"{self.path}:{line}" if line else str(self.path)
         return ConfigError(f"{where}: {'.'.join((*self.table, key))}: missing")
+
+
+def _path(table: _TomlReader, key: str, value: str, home: Path) -> Path:
+    if "\x00" in value:  # TOML allows "\u0000"; no file name does
+        raise table.error(key, "a path cannot hold a NUL character")
+    return expand_path(value, home)
 
 
 def _parse_listen(reader: _TomlReader) -> tuple[str, int]:
@@ -514,7 +555,7 @@ def _trusted_identity(table: _TomlReader, name: str, home: Path) -> _TrustedIden
         region=region,
         source_profile=source,
         grant_type=grant,
-        assertion_file=expand_path(file_text, home) if file_text else None,
+        assertion_file=_path(table, "assertion_file", file_text, home) if file_text else None,
         assertion_command=command,
         subject_session=subject,
         scopes=tuple(dict.fromkeys(scopes)),
@@ -561,22 +602,24 @@ class _CreddToml:
 
 def _read_credd_toml(paths: Paths) -> _CreddToml:
     path = paths.credd_config_file
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    text = read_config_text(path) or ""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise _toml_error(path, text, exc) from exc
 
     top = _TomlReader(path, text, (), data)
     server = _TomlReader(path, text, ("server",), top.get("server", dict, {}))
     host, port = _parse_listen(server)
     token_file_text: str | None = server.get("token_file", str)
-    token_file = expand_path(token_file_text, paths.home) if token_file_text else None
+    token_file = (
+        _path(server, "token_file", token_file_text, paths.home) if token_file_text else None
+    )
+    max_connections = server.count("max_connections", DEFAULT_MAX_CONNECTIONS)
+    max_waiting = server.count("max_waiting_requests", DEFAULT_MAX_WAITING_REQUESTS)
+    idle_connection = server.seconds("idle_connection_seconds", DEFAULT_IDLE_CONNECTION)
+    if idle_connection <= 0:
+        raise server.error("idle_connection_seconds", "must be more than 0")
     server.reject_unknown()
 
     refresh = _TomlReader(path, text, ("refresh",), top.get("refresh", dict, {}))
@@ -612,7 +655,14 @@ def _read_credd_toml(paths: Paths) -> _CreddToml:
     top.reject_unknown()
 
     return _CreddToml(
-        server=ServerSettings(host, port, token_file or paths.default_token_file),
+        server=ServerSettings(
+            host,
+            port,
+            token_file or paths.default_token_file,
+            max_connections=max_connections,
+            max_waiting_requests=max_waiting,
+            idle_connection_seconds=idle_connection,
+        ),
         refresh=refresh_settings,
         log=LogSettings(level=level, format=fmt),
         trusted=trusted,

@@ -11,6 +11,7 @@ shielded under a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -41,13 +42,13 @@ from credd.config import (
 )
 from credd.desktop import notify_login_required
 from credd.errors import CreddError
+from credd.limits import EndpointLoad
 from credd.paths import Paths
-from credd.server import make_app
+from credd.server import Endpoint, make_server
 from credd.sessions import Session, SessionState
 from credd.sessions.iam_tokens import IamTokenCache
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.renewing import SessionContext
-from credd.sessions.signin import SigninSession
 from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
 from credd.status import status_document
 from credd.store import JsonCacheDir, LoginCache, SsoCache, atomic_write, format_timestamp
@@ -58,6 +59,8 @@ log = structlog.get_logger(__name__)
 TOKEN_BYTES = 32
 #: how long a stop waits for in-flight requests (they take at most the request deadline)
 DRAIN_SECONDS = 5.0
+#: pending connections the kernel queues before credd accepts them
+BACKLOG = 1024
 STATUS_INTERVAL_SECONDS = 5.0
 
 
@@ -91,6 +94,7 @@ class DaemonControl:
         self._clock = clock
         self.started_at = clock.now()
         self.listen: str | None = None
+        self.load = EndpointLoad(settings.server)
         self.stopping = anyio.Event()
 
     def apply(self, settings: Settings) -> None:
@@ -132,6 +136,7 @@ class DaemonControl:
                 "listen": self.listen,
                 "started_at": format_timestamp(self.started_at),
                 "now": format_timestamp(self._clock.now()),
+                "endpoint": self.load.describe(),
             },
             sessions=self._broker.session_statuses(),
             profiles=self._broker.profile_statuses(),
@@ -202,8 +207,10 @@ def trusted_identity_cache(settings: Settings) -> IamTokenCache:
     return IamTokenCache(_cache_dir(settings.paths, settings.paths.trusted_identity_cache_dir))
 
 
-def aws_clients(settings: Settings) -> AwsClients:
-    return AwsClients(settings.paths.aws_config_file, settings.paths.aws_credentials_file)
+def aws_clients(settings: Settings, *, keep_open: bool = False) -> AwsClients:
+    return AwsClients(
+        settings.paths.aws_config_file, settings.paths.aws_credentials_file, keep_open=keep_open
+    )
 
 
 async def run_daemon(
@@ -224,8 +231,10 @@ async def run_daemon(
     cache = sso_cache(settings)
     logins = login_cache(settings)
     iam_tokens = trusted_identity_cache(settings)
-    clients = aws_clients(settings)
-    async with anyio.create_task_group() as tg:
+    for files in (cache.files, logins.files, iam_tokens.files):
+        files.sweep_temporary()  # what a writer killed half-way left (kill -9, power loss)
+    # one client per service for every profile's calls, closed when the daemon stops
+    async with aws_clients(settings, keep_open=True) as clients, anyio.create_task_group() as tg:
 
         def login_required(session: str, reason: str) -> None:
             tg.start_soon(notify_login_required, session, reason, env)
@@ -243,6 +252,9 @@ async def run_daemon(
             margin = refresh.credentials_margin_seconds if signin else refresh.token_margin_seconds
             context = SessionContext(clock, tg, margin, on_login_required=login_required)
             if isinstance(spec, SigninSessionSpec):
+                # imported only when used: with it comes cryptography, some 7 MB
+                from credd.sessions.signin import SigninSession
+
                 return SigninSession(spec, cache=logins, clients=clients, context=context)
             if isinstance(spec, TrustedIdentitySpec):
                 return TrustedIdentitySession(
@@ -266,13 +278,14 @@ async def run_daemon(
         control.apply(settings)
         await tg.start(broker.run)
         try:
-            app = make_app(
+            endpoint = Endpoint(
                 broker,
                 token,
                 control.document,
                 reload=lambda: control.reload(lambda: load_settings(control.settings.paths)),
+                waiting=control.load.waiting,
             )
-            async with _serving(settings.server, app, passed) as (host, port):
+            async with _serving(settings.server, endpoint, passed, control.load) as (host, port):
                 control.listen = f"{host}:{port}"
                 handle = DaemonHandle(host, port, token, broker, control)
                 if watchdog is not None:
@@ -286,6 +299,7 @@ async def run_daemon(
                     profiles=len(settings.profiles),
                     sessions=len(settings.sessions),
                     socket_activated=bool(passed),
+                    event_loop=type(asyncio.get_running_loop()).__module__,
                 )
                 task_status.started(handle)
                 await control.stopping.wait()
@@ -300,31 +314,41 @@ async def run_daemon(
 
 @contextlib.asynccontextmanager
 async def _serving(
-    server: ServerSettings, app: web.Application, passed: list[socket.socket]
+    server: ServerSettings, endpoint: Endpoint, passed: list[socket.socket], load: EndpointLoad
 ) -> AsyncIterator[tuple[str, int]]:
-    """Listen (on a socket systemd passed, else by binding) until the block ends, then drain."""
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_SECONDS
-    )
+    """Listen (on a socket systemd passed, else by binding) until the block ends, then drain.
+
+    The listeners are asyncio's own, each with aiohttp's protocol behind the
+    connection limit (credd/limits.py); the runner drains and closes connections.
+    """
+    web_server, connection = make_server(endpoint, idle_seconds=server.idle_connection_seconds)
+    runner = web.ServerRunner(web_server, handle_signals=False, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
+    protocol = load.protocol(connection)
+    loop = asyncio.get_running_loop()
+    listeners: list[asyncio.Server] = []
     try:
         try:
             if passed:
                 for sock in passed:
-                    await web.SockSite(runner, sock, backlog=1024).start()
+                    listeners.append(await loop.create_server(protocol, sock=sock, backlog=BACKLOG))
             else:
-                await web.TCPSite(runner, server.host, server.port, backlog=1024).start()
+                listeners.append(
+                    await loop.create_server(protocol, server.host, server.port, backlog=BACKLOG)
+                )
         except OSError as exc:
             raise CreddError(
                 f"cannot listen on {server.listen}: {exc.strerror or exc}",
                 hint="is another credd running? change [server] listen in the credd config",
             ) from exc
-        host, port = runner.addresses[0][:2]
+        host, port = listeners[0].sockets[0].getsockname()[:2]
         if server.port == 0 and not passed:
             atomic_write(server.address_file, f"{host}:{port}".encode("ascii"))
         yield str(host), int(port)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_SECONDS + 1):
+            for listener in listeners:
+                listener.close()
             if server.port == 0 and not passed:
                 with contextlib.suppress(OSError):
                     server.address_file.unlink()

@@ -44,6 +44,23 @@ class LoginRequired(CreddError):
         self.reason = reason
 
 
+class InternalFailure(CreddError):
+    """A bug in credd, caught where it would have stopped the daemon: retried like an outage."""
+
+    code = "InternalError"
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(
+            f"credd failed unexpectedly ({type(error).__name__})", hint="see the daemon's log"
+        )
+
+
+class TooManyRequests(CreddError):
+    """More requests wait for an upstream fetch than the endpoint admits (HTTP 429)."""
+
+    code = "TooManyRequests"
+
+
 class UpstreamError(CreddError):
     """AWS (or whatever stands in for it) failed or could not be reached."""
 

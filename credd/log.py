@@ -100,7 +100,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     out = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # plain tracebacks: with rich installed, structlog's default shows every frame's
+        # local variables, tokens included
+        structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         if console
         else structlog.processors.JSONRenderer()
     )

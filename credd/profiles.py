@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from credd.aws import AwsClients, SigningKeys
+from credd.aws import Answer, AwsClients, SigningKeys
 from credd.clock import Clock
 from credd.config import (
     AssumeRoleProfile,
@@ -37,9 +37,13 @@ from credd.errors import LoginRequired, UpstreamError
 from credd.secret import Secret
 from credd.sessions import Session
 from credd.sessions.identity_center import IdentityCenterSession
-from credd.sessions.signin import SigninSession
 from credd.sessions.trusted_identity import TrustedIdentitySession
 from credd.store import format_timestamp
+
+if TYPE_CHECKING:
+    # Sign-In (and the cryptography its DPoP proofs need, some 7 MB) is imported
+    # only where a login_session profile is served.
+    from credd.sessions.signin import SigninSession
 
 #: portal answers that mean "this session may not have that role" (protocols.md 3)
 _ROLE_UNAVAILABLE = frozenset({"ForbiddenException", "ResourceNotFoundException"})
@@ -172,19 +176,17 @@ class SsoRoleFetcher:
                         self._session.name, "the SSO portal refused the access token"
                     ) from again
                 raise self._explain(again) from again
-        try:
-            role = answer["roleCredentials"]
-            return RoleCredentials(
-                access_key_id=str(role["accessKeyId"]),
-                secret_access_key=Secret(str(role["secretAccessKey"])),
-                session_token=Secret(str(role["sessionToken"])),
-                # epoch milliseconds (protocols.md 3)
-                expiration=datetime.fromtimestamp(int(role["expiration"]) / 1000, UTC),
-                account_id=self._profile.account_id,
-                received_at=self._clock.now(),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise UpstreamError("sso GetRoleCredentials answered without credentials") from exc
+        # Types checked: garbage is an UpstreamError (retried with backoff).
+        now = self._clock.now()
+        role = Answer(answer, "sso GetRoleCredentials").member("roleCredentials")
+        return RoleCredentials(
+            access_key_id=role.text("accessKeyId"),
+            secret_access_key=Secret(role.text("secretAccessKey")),
+            session_token=Secret(role.text("sessionToken")),
+            expiration=role.epoch_ms("expiration", now=now),  # protocols.md 3
+            account_id=self._profile.account_id,
+            received_at=now,
+        )
 
     async def _get(self, token: Secret) -> dict[str, Any]:
         spec = self._session.spec
@@ -285,23 +287,22 @@ async def assume_role(
             transient=False,
             hint=hint,
         ) from exc
-    try:
-        creds = answer["Credentials"]
-        expiration = creds["Expiration"]
-        if not isinstance(expiration, datetime):
-            raise TypeError("Expiration is not a timestamp")
-        match = _ARN_ACCOUNT.match(str(answer.get("AssumedRoleUser", {}).get("Arn", "")))
-        match = match or _ARN_ACCOUNT.match(role_arn)
-        return RoleCredentials(
-            access_key_id=str(creds["AccessKeyId"]),
-            secret_access_key=Secret(str(creds["SecretAccessKey"])),
-            session_token=Secret(str(creds["SessionToken"])),
-            expiration=expiration.astimezone(UTC),
-            account_id=match.group(1) if match else None,
-            received_at=clock.now(),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UpstreamError("sts AssumeRole answered without credentials") from exc
+    # Types checked: garbage is an UpstreamError (retried with backoff).
+    now = clock.now()
+    read = Answer(answer, "sts AssumeRole")
+    creds = read.member("Credentials")
+    user = answer.get("AssumedRoleUser")
+    arn = user.get("Arn") if isinstance(user, dict) else None
+    match = _ARN_ACCOUNT.match(arn) if isinstance(arn, str) else None
+    match = match or _ARN_ACCOUNT.match(role_arn)
+    return RoleCredentials(
+        access_key_id=creds.text("AccessKeyId"),
+        secret_access_key=Secret(creds.text("SecretAccessKey")),
+        session_token=Secret(creds.text("SessionToken")),
+        expiration=creds.instant("Expiration", now=now).astimezone(UTC),
+        account_id=match.group(1) if match else None,
+        received_at=now,
+    )
 
 
 class IdentityEnhancedRoleFetcher:
@@ -407,6 +408,8 @@ def make_fetcher(
             )
         return SsoRoleFetcher(spec, session, clients=clients, clock=clock)
     if isinstance(spec, SigninProfile):
+        from credd.sessions.signin import SigninSession
+
         signin = sessions[spec.session]
         if not isinstance(signin, SigninSession):
             raise TypeError(f"profile {spec.name}: {spec.session} is not a Sign-In session")

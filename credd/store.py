@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -54,7 +55,10 @@ def parse_timestamp(value: object) -> datetime:
     parsed = datetime.fromisoformat(value.strip())
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # year 1 or 9999 shifted past the calendar's ends
+        raise ValueError(f"timestamp out of range: {value[:40]!r}") from exc
 
 
 def format_timestamp(when: datetime) -> str:
@@ -69,6 +73,11 @@ def sha1_name(key: str) -> str:
 # --------------------------------------------------------------------------- files
 
 
+TEMPORARY_SUFFIX = ".tmp"
+#: ``.<target>.<writer pid>.<random>.tmp``, what :func:`atomic_write` writes before the rename
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp")
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that no reader ever sees half a file.
 
@@ -78,7 +87,11 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name: a file left by a writer killed half-way
+    # (kill -9, power loss) is told apart from one being written (sweep_temporary).
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -91,6 +104,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+#: reads a cache entry's JSON object into what it holds; :class:`CacheCorrupt` if it cannot
+Parser = Callable[[Mapping[str, Any], Path], object]
 
 
 class JsonCacheDir:
@@ -116,7 +133,7 @@ class JsonCacheDir:
             raise CacheCorrupt(path, exc.strerror or str(exc)) from exc
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
             raise CacheCorrupt(path, "not valid JSON") from exc
         if not isinstance(data, dict):
             raise CacheCorrupt(path, "not a JSON object")
@@ -128,10 +145,18 @@ class JsonCacheDir:
         except OSError:
             return None
 
-    def write(self, name: str, data: Mapping[str, Any]) -> None:
-        """Atomically replace ``name`` (mode 0600), keeping a copy of an unreadable original."""
-        self._quarantine_if_corrupt(name)
+    def write(self, name: str, data: Mapping[str, Any], *, parse: Parser | None = None) -> None:
+        """Atomically replace ``name`` (mode 0600), keeping a copy of an unreadable original.
+
+        ``parse``: what reads the entry (raising :class:`CacheCorrupt`); a JSON object
+        it refuses is as unreadable as a file that is not JSON at all.
+        """
+        self._quarantine_if_corrupt(name, parse)
         atomic_write(self.path(name), json.dumps(data, indent=None).encode("utf-8"))
+
+    def sweep_temporary(self) -> list[str]:
+        """Remove temporary files a killed writer left here (:func:`sweep_temporary`)."""
+        return sweep_temporary(self.directory)
 
     def delete(self, name: str) -> bool:
         try:
@@ -141,9 +166,11 @@ class JsonCacheDir:
         _fsync_directory(self.directory)
         return True
 
-    def _quarantine_if_corrupt(self, name: str) -> None:
+    def _quarantine_if_corrupt(self, name: str, parse: Parser | None) -> None:
         try:
-            self.read(name)
+            data = self.read(name)
+            if data is not None and parse is not None:
+                parse(data, self.path(name))
         except CacheCorrupt:
             path = self.path(name)
             self._quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -178,6 +205,44 @@ class JsonCacheDir:
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
+
+
+def sweep_temporary(directory: Path) -> list[str]:
+    """Remove what :func:`atomic_write` left in ``directory`` when its writer was killed.
+
+    A temporary file holds a whole or half token, and tools that read every
+    file of a cache directory (``aws sso logout``) would find it; the target
+    file itself is always whole, old or new. Only files whose writer process
+    is gone are removed: one being written now is left alone. Returns the
+    names removed.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = _TEMPORARY.fullmatch(name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory / name)
+            removed.append(name)
+    if removed:
+        _fsync_directory(directory)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # somebody else's process: not ours to judge
+    return True
 
 
 def _try_flock(fd: int) -> bool:
@@ -226,7 +291,7 @@ class TokenCache(abc.ABC, Generic[TokenT]):
         return None if data is None else self._parse(data, self.files.path(name))
 
     def save_token(self, key: str, token: TokenT) -> None:
-        self.files.write(self.token_name(key), token.to_json())
+        self.files.write(self.token_name(key), token.to_json(), parse=self._parse)
 
     def delete_token(self, key: str) -> bool:
         return self.files.delete(self.token_name(key))
@@ -427,7 +492,7 @@ class SsoCache(TokenCache[SsoToken]):
             return None  # a registration is cheap to make again
 
     def save_registration(self, name: str, registration: Registration) -> None:
-        self.files.write(name, registration.to_json())
+        self.files.write(name, registration.to_json(), parse=Registration.from_json)
 
 
 # --------------------------------------------------------------------------- Sign-In logins

@@ -6,13 +6,17 @@ import os
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from credd.clock import ManualClock
 from credd.config import Settings, load_settings
 from credd.paths import Paths, resolve_paths
 from credd.testing.browser import install_shim
+from credd.testing.emulator import Emulator
+from credd.testing.emulator.config import EmulatorConfig
 
 START_URL = "https://d-1234567890.awsapps.com/start"
 ACCOUNT = "111111111111"
@@ -120,8 +124,20 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def emulator(home: Home, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[object]:
     """The strict local AWS emulator on a loopback port, with every AWS endpoint pointed at it."""
-    from credd.testing.emulator import Emulator
-
     async with Emulator().running() as emu:
         monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
         yield emu
+
+
+@pytest.fixture
+async def clocked(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Emulator, ManualClock]]:
+    """The emulator and the daemon share one ManualClock: time moves only when a test says so."""
+    clock = ManualClock(datetime.now(UTC))
+    config = EmulatorConfig(poll_interval=0, max_clock_skew=None)
+    async with Emulator(clock, config=config).running() as emu:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
+        home.write_aws_config()
+        home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
+        yield emu, clock

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,11 +14,13 @@ from typing import Any
 import aiohttp
 import anyio
 import boto3
+import structlog
 from botocore.credentials import ContainerProvider
 
 from credd.clock import Clock
 from credd.config import Settings, SsoSessionSpec
 from credd.daemon import DaemonHandle, aws_clients, sso_cache
+from credd.log import configure_logging
 from credd.sessions.sso_login import LoginOptions, SsoLogin
 from credd.store import SsoToken
 
@@ -128,3 +133,22 @@ async def eventually(predicate: Callable[[], bool], *, within: float = 10.0) -> 
     with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110  # polling another task's state is the point
             await anyio.sleep(0.01)
+
+
+@contextlib.contextmanager
+def captured_log(level: str = "debug") -> Iterator[io.StringIO]:
+    """Everything credd (and botocore, aiohttp) logs meanwhile, as ``credd serve`` renders it.
+
+    Logging is process-wide: the configuration before is put back afterwards.
+    """
+    stream = io.StringIO()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    configure_logging(level, "json", stream)
+    try:
+        yield stream
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -19,23 +18,8 @@ from credd.clock import ManualClock
 from credd.daemon import DaemonHandle, running_daemon
 from credd.store import sha1_name
 from credd.testing.emulator import Emulator
-from credd.testing.emulator.config import EmulatorConfig
 from tests.conftest import ACCOUNT, START_URL, Home
 from tests.helpers import RecordingUI, eventually, get, login, sdk_identity
-
-
-@pytest.fixture
-async def clocked(
-    home: Home, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[Emulator, ManualClock]]:
-    """The emulator and the daemon share one ManualClock: time moves only when a test says so."""
-    clock = ManualClock(datetime.now(UTC))
-    config = EmulatorConfig(poll_interval=0, max_clock_skew=None)
-    async with Emulator(clock, config=config).running() as emu:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
-        home.write_aws_config()
-        home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
-        yield emu, clock
 
 
 def served_key(daemon: DaemonHandle, name: str) -> str | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from credd import claims
-from credd.aws import AwsClients, SigningKeys
+from credd.aws import Answer, AwsClients, SigningKeys
 from credd.clock import Clock
 from credd.config import TrustedIdentitySpec
 from credd.errors import CreddError, UpstreamError
@@ -42,6 +42,8 @@ from credd.store import (
 )
 
 REFRESH_GRANT: Final = "refresh_token"
+#: the longest access token lifetime believed (a year): more is garbage
+MAX_TOKEN_SECONDS: Final = 366 * 86400.0
 #: RFC 8693 section 3 token types: ``subjectTokenType``, ``requestedTokenType``, ``issuedTokenType``
 ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105  # a URI
 REFRESH_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:refresh_token"  # noqa: S105  # a URI
@@ -305,37 +307,34 @@ class IamTokenClient:
         self, answer: Mapping[str, Any], now: datetime, began_with: str, subject: str | None
     ) -> IamToken:
         spec = self._spec
-        try:
-            access = answer["accessToken"]
-            lifetime = int(answer["expiresIn"])
-            if not isinstance(access, str) or not access or lifetime <= 0:
-                raise ValueError("no access token")
-            scope = answer.get("scope")
-            granted = tuple(map(str, scope)) if isinstance(scope, list) else spec.scopes
-            details = answer.get("awsAdditionalDetails") or {}
-            context = details.get("identityContext") if isinstance(details, dict) else None
-            id_token = answer.get("idToken")
-            if not context and isinstance(id_token, str):
-                context = _context_claim(id_token)
-            refresh = answer.get("refreshToken")
-            return IamToken(
-                access_token=Secret(access),
-                token_type=str(answer.get("tokenType") or "Bearer"),
-                expires_at=now + timedelta(seconds=lifetime),
-                received_at=now,
-                refresh_token=Secret(str(refresh)) if refresh else None,
-                id_token=Secret(id_token) if isinstance(id_token, str) and id_token else None,
-                issued_token_type=_string_or_none(answer.get("issuedTokenType")),
-                scopes=granted,
-                identity_context=Secret(str(context)) if context else None,
-                client_id=spec.client_id,
-                region=spec.region,
-                grant_type=began_with,
-                requested_scopes=spec.scopes,
-                assertion_subject=subject,
-            )
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise UpstreamError("CreateTokenWithIAM answered without a usable token") from exc
+        # Types checked: garbage is an UpstreamError (retried), never a dead grant.
+        read = Answer(answer, "CreateTokenWithIAM")
+        access = read.text("accessToken")
+        lifetime = read.seconds("expiresIn", maximum=MAX_TOKEN_SECONDS)
+        refresh = read.optional_text("refreshToken")
+        id_token = read.optional_text("idToken")
+        scope = answer.get("scope")
+        granted = tuple(map(str, scope)) if isinstance(scope, list) else spec.scopes
+        details = answer.get("awsAdditionalDetails") or {}
+        context = details.get("identityContext") if isinstance(details, dict) else None
+        if not context and id_token is not None:
+            context = _context_claim(id_token)
+        return IamToken(
+            access_token=Secret(access),
+            token_type=_string_or_none(answer.get("tokenType")) or "Bearer",
+            expires_at=now + timedelta(seconds=lifetime),
+            received_at=now,
+            refresh_token=Secret(refresh) if refresh else None,
+            id_token=Secret(id_token) if id_token else None,
+            issued_token_type=_string_or_none(answer.get("issuedTokenType")),
+            scopes=granted,
+            identity_context=Secret(context) if isinstance(context, str) and context else None,
+            client_id=spec.client_id,
+            region=spec.region,
+            grant_type=began_with,
+            requested_scopes=spec.scopes,
+            assertion_subject=subject,
+        )
 
 
 def _string_or_none(value: object) -> str | None:

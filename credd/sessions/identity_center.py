@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from credd.aws import Answer
 from credd.config import SsoSessionSpec
 from credd.errors import CreddError, LoginRequired, UpstreamError
 from credd.secret import Secret
@@ -28,6 +29,8 @@ from credd.sessions.renewing import SharedCacheSession
 from credd.store import SsoToken
 
 REFRESH_GRANT = "refresh_token"
+#: the longest access token lifetime believed (a year): more is garbage
+MAX_TOKEN_SECONDS = 366 * 86400.0
 #: CreateToken errors that prove the refresh token (or its registration) dead
 #: (protocols.md 2.3): trying again with the same token cannot succeed.
 DEAD_SESSION_CODES = frozenset(
@@ -111,14 +114,14 @@ class IdentityCenterSession(SharedCacheSession[SsoSessionSpec, SsoToken]):
                 reason = f"the refresh token was refused ({exc.aws_code})"
                 raise self._login_required(reason) from exc
             raise
-        try:
-            access = str(answer["accessToken"])
-            lifetime = int(answer["expiresIn"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError("sso-oidc CreateToken answered without a usable token") from exc
-        rotated = answer.get("refreshToken")
+        # Types checked: garbage is an UpstreamError (retried), never a dead session, and
+        # nothing of it is kept: the refresh token held stays the one on disk.
+        read = Answer(answer, "sso-oidc CreateToken")
+        access = read.text("accessToken")
+        lifetime = read.seconds("expiresIn", maximum=MAX_TOKEN_SECONDS)
+        rotated = read.optional_text("refreshToken")
         return current.with_access_token(
             Secret(access),
             now + timedelta(seconds=lifetime),
-            Secret(str(rotated)) if rotated else None,
+            Secret(rotated) if rotated else None,
         )

@@ -40,7 +40,7 @@ from anyio.abc import TaskGroup
 
 from credd.aws import AwsClients
 from credd.clock import Clock
-from credd.errors import CreddError, LoginRequired, UpstreamError
+from credd.errors import CreddError, InternalFailure, LoginRequired, UpstreamError
 from credd.flight import SingleFlight
 from credd.schedule import renewal_time, retry_time
 from credd.secret import Secret
@@ -236,6 +236,11 @@ class RenewingSession(abc.ABC, Generic[SpecT, TokenT]):
         except CreddError as exc:
             self._fail(exc, began)
             raise
+        except Exception as exc:
+            log.exception("renewal_bug", session=self.spec.name)
+            failure = InternalFailure(exc)
+            self._fail(failure, began)
+            raise failure from exc
         self._succeeded()
         return token
 

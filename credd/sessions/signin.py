@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from credd.aws import Answer
 from credd.clock import Clock
 from credd.config import SigninSessionSpec
 from credd.dpop import HEADER, DpopKey
@@ -255,24 +256,21 @@ class SigninSession(SharedCacheSession[SigninSessionSpec, LoginToken]):
                 )
         except UpstreamError as exc:
             raise explain_refusal(exc, self._spec) from exc
-        try:
-            output = answer["tokenOutput"]
-            creds = output["accessToken"]
-            # JS defaults a missing expiresIn to 900 (protocols.md 7.3); so do we.
-            lifetime = int(output.get("expiresIn") or MAX_LIFETIME_SECONDS)
-            rotated = output.get("refreshToken")
-            return current.with_credentials(
-                access_key_id=str(creds["accessKeyId"]),
-                secret_access_key=Secret(str(creds["secretAccessKey"])),
-                session_token=Secret(str(creds["sessionToken"])),
-                expires_at=now + timedelta(seconds=lifetime),
-                # Always present per the model; were it missing, the old one is all there is.
-                refresh_token=Secret(str(rotated)) if rotated else refresh_token,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UpstreamError(
-                "signin CreateOAuth2Token answered without usable credentials"
-            ) from exc
+        # Types checked: garbage is an UpstreamError (retried), never a dead session.
+        output = Answer(answer, "signin CreateOAuth2Token").member("tokenOutput")
+        creds = output.member("accessToken")
+        # JS defaults a missing expiresIn to 900 (protocols.md 7.3); so do we. More
+        # than the model's 900 is not believed: renewing early is safe, late is not.
+        lifetime = output.seconds("expiresIn", maximum=1e9, default=int(MAX_LIFETIME_SECONDS))
+        rotated = output.optional_text("refreshToken")
+        return current.with_credentials(
+            access_key_id=creds.text("accessKeyId"),
+            secret_access_key=Secret(creds.text("secretAccessKey")),
+            session_token=Secret(creds.text("sessionToken")),
+            expires_at=now + timedelta(seconds=min(lifetime, MAX_LIFETIME_SECONDS)),
+            # Always present per the model; were it missing, the old one is all there is.
+            refresh_token=Secret(rotated) if rotated else refresh_token,
+        )
 
 
 def offline_status(spec: SigninSessionSpec, cache: LoginCache, now: datetime) -> SessionStatus:

@@ -51,15 +51,17 @@ async def invoke(
     # Read (and cache) the body now: a client that gives up during a fault's
     # latency must not make the handler fail on a half-read request later.
     await request.read()
+
+    async def answer() -> web.StreamResponse:
+        try:
+            return await operation.handler(request)
+        except AwsError as exc:
+            return exc.response(request_id)
+
     fault = runtime.faults.take(operation.name)
     if fault is not None:
-        faulted = await apply_fault(fault, request, operation.errors, request_id)
-        if faulted is not None:
-            return faulted
-    try:
-        return await operation.handler(request)
-    except AwsError as exc:
-        return exc.response(request_id)
+        return await apply_fault(fault, request, operation.errors, request_id, answer)
+    return await answer()
 
 
 def json_ok(members: dict[str, object]) -> web.Response:
