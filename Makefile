@@ -27,8 +27,10 @@ lint: $(STAMP)
 test: $(STAMP) tests/node/node_modules/.installed lint
 	$(BIN)/pytest
 
+BENCHMARKS := endpoint sdk_startup economy scale token_timing
+
 bench: $(STAMP)
-	$(BIN)/python bench/endpoint.py
+	for name in $(BENCHMARKS); do $(BIN)/python bench/$$name.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache
