@@ -44,7 +44,7 @@ from credd.daemon import DaemonHandle, running_daemon, trusted_identity_cache
 from credd.errors import UpstreamError
 from credd.schedule import BACKOFF_CAP_SECONDS
 from credd.store import sha1_name
-from credd.testing.emulator import AccessKey, Emulator, EmulatorConfig
+from credd.testing.emulator import Emulator, EmulatorConfig
 from credd.testing.emulator.clients import aws_client
 from credd.testing.emulator.oauth import JWT_BEARER_GRANT
 from tests.conftest import Home
@@ -74,12 +74,8 @@ MAX_STORM_ATTEMPTS = 15
 ERROR_BODY_KEYS = {"code", "message", "Code", "Message"}
 
 
-@dataclass
-class World:
-    home: Home
-    emu: Emulator
-    clock: ManualClock
-    keys: AccessKey
+class World(TrustedWorld):
+    """The trusted-identity tests' world, which every operation here can be set up in."""
 
     def sso_refresh_token(self) -> str:
         path = self.home.root / ".aws" / "sso" / "cache" / f"{sha1_name('my-sso')}.json"
@@ -169,11 +165,10 @@ def signin_refresh_token(world: World) -> str:
 
 
 async def trusted_identity(world: World) -> None:
-    trusted = TrustedWorld(world.home, world.emu, world.clock, world.keys)
-    trusted.write_assertion(lifetime=86400)
-    trusted.configure(
+    world.write_assertion(lifetime=86400)
+    world.configure(
         JWT_BEARER_GRANT,
-        assertion_file=str(trusted.assertion_file),
+        assertion_file=str(world.assertion_file),
         role_arn="",
         role_session_name="",
     )
