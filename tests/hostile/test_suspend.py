@@ -101,23 +101,12 @@ async def served(ask: Ask) -> None:
 # ------------------------------------------------------------------------------- in process
 
 
-@dataclass
-class Clocked:
-    emu: Emulator
-    clock: ManualClock
-
-
 @pytest.fixture
-async def clocked(home: Home, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Clocked]:
-    clock = ManualClock(datetime.now(UTC))
-    config = EmulatorConfig(
-        access_token_ttl=ACCESS_TOKEN_TTL, role_ttl=ROLE_TTL, poll_interval=0, max_clock_skew=None
-    )
-    async with Emulator(clock, config=config).running() as emu:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
-        home.write_aws_config()
-        home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
-        yield Clocked(emu, clock)
+def short_lived(clocked: tuple[Emulator, ManualClock]) -> tuple[Emulator, ManualClock]:
+    """The shared emulator and clock, with this file's token and credential lifetimes."""
+    emu, _ = clocked
+    emu.config.update({"access_token_ttl": ACCESS_TOKEN_TTL, "role_ttl": ROLE_TTL})
+    return clocked
 
 
 def cached_expiry(home: Home) -> datetime:
@@ -132,9 +121,9 @@ def held_is_valid(daemon: DaemonHandle, profile: str, now: datetime) -> None:
 
 
 async def test_first_request_after_a_jump_past_every_expiry_is_valid(
-    home: Home, clocked: Clocked
+    home: Home, short_lived: tuple[Emulator, ManualClock]
 ) -> None:
-    emu, clock = clocked.emu, clocked.clock
+    emu, clock = short_lived
     settings = home.settings()
     await login(settings, clock)
     rng = random.Random(SEED)
