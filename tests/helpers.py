@@ -23,6 +23,7 @@ from credd.daemon import DaemonHandle, aws_clients, sso_cache
 from credd.log import configure_logging
 from credd.sessions.sso_login import LoginOptions, SsoLogin
 from credd.store import SsoToken
+from credd.testing.emulator import AccessKey
 
 
 @dataclass
@@ -41,6 +42,15 @@ class RecordingUI:
 
     def notice(self, message: str) -> None:
         self.notices.append(message)
+
+
+def static_keys_profile(keys: AccessKey, name: str = "app-iam") -> str:
+    """An AWS config ``[profile NAME]`` with an emulator IAM user's static keys."""
+    return (
+        f"\n[profile {name}]\n"
+        f"aws_access_key_id = {keys.access_key_id}\n"
+        f"aws_secret_access_key = {keys.secret_access_key.reveal()}\n"
+    )
 
 
 async def login(

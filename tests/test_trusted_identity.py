@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -48,7 +47,14 @@ from credd.testing.emulator.identity_center import DEFAULT_APPLICATION_ARN
 from credd.testing.emulator.oauth import AUTH_CODE_GRANT, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT
 from credd.testing.emulator.state import TemporaryCredentials
 from tests.conftest import AWS_CONFIG, Home
-from tests.helpers import RecordingUI, eventually, get, login, sdk_identity
+from tests.helpers import (
+    RecordingUI,
+    eventually,
+    get,
+    login,
+    sdk_identity,
+    static_keys_profile,
+)
 
 APP = DEFAULT_APPLICATION_ARN
 #: an application without the refresh_token grant: every renewal is the grant again
@@ -84,16 +90,7 @@ class World:
 
     def configure(self, profile: str, *, name: str = "analyst", **keys: str) -> Settings:
         """The AWS config (with static keys ``app-iam``) and one ``[profiles.NAME]``."""
-        self.home.write_aws_config(
-            AWS_CONFIG
-            + textwrap.dedent(
-                f"""
-                [profile app-iam]
-                aws_access_key_id = {self.keys.access_key_id}
-                aws_secret_access_key = {self.keys.secret_access_key.reveal()}
-                """
-            )
-        )
+        self.home.write_aws_config(AWS_CONFIG + static_keys_profile(self.keys))
         self.home.write_credd_config(
             '[server]\nlisten = "127.0.0.1:0"\n\n' + credd_profile(profile, name=name, **keys)
         )

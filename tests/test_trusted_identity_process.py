@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from credd.testing.emulator.iam_token import user_uuid
 from credd.testing.emulator.identity_center import DEFAULT_APPLICATION_ARN
 from credd.testing.emulator.state import TemporaryCredentials
 from tests.conftest import AWS_CONFIG, Home
+from tests.helpers import static_keys_profile
 from tests.process_helpers import WHOAMI, credd, issued_secrets, login, serving
 from tests.test_process import World as ProcessWorld
 
@@ -77,16 +77,7 @@ class World(ProcessWorld):
 def world(home: Home, emulator: object, tmp_path: Path) -> World:
     assert isinstance(emulator, Emulator)
     keys = emulator.create_access_key("app-server")
-    home.write_aws_config(
-        AWS_CONFIG
-        + textwrap.dedent(
-            f"""
-            [profile app-iam]
-            aws_access_key_id = {keys.access_key_id}
-            aws_secret_access_key = {keys.secret_access_key.reveal()}
-            """
-        )
-    )
+    home.write_aws_config(AWS_CONFIG + static_keys_profile(keys))
     return World(home, emulator, dict(os.environ), tmp_path / "logs", keys)
 
 

@@ -2,9 +2,9 @@
 
 Real ``credd serve`` and ``credd login`` processes run against the emulator
 (in this test's event loop) with lifetimes so short that a daemon asked for
-credentials renews every few seconds (Identity Center and AWS Sign-In sessions). Each is killed with
-SIGKILL at a point drawn from a seeded RNG (so a failure reproduces), many
-times in a row; after every kill:
+credentials renews every few seconds (Identity Center, AWS Sign-In and
+trusted-identity sessions). Each is killed with SIGKILL at a point drawn from
+a seeded RNG (so a failure reproduces), many times in a row; after every kill:
 
 * every file in ``~/.aws/sso/cache``, ``~/.aws/login/cache`` and credd's
   trusted-identity token store parses, with the fields its reader requires;
@@ -45,10 +45,13 @@ import pytest
 from anyio.abc import Process
 
 from credd.secret import Secret
+from credd.sessions.iam_tokens import IamToken, IamTokenCache
 from credd.store import LoginToken, Registration, SsoToken, sha1_name, sha256_name
 from credd.testing.emulator import Emulator
+from credd.testing.emulator.oauth import AUTH_CODE_GRANT
 from credd.testing.emulator.state import SigninSession, SsoSession, TokenSet
 from tests.conftest import AWS_CONFIG, Home
+from tests.helpers import static_keys_profile
 from tests.process_helpers import (
     CREDD,
     Daemon,
@@ -57,6 +60,7 @@ from tests.process_helpers import (
     log_paths,
     serving,
 )
+from tests.test_trusted_identity import credd_profile
 
 pytestmark = pytest.mark.slow
 
@@ -91,21 +95,44 @@ class Kind:
     login: tuple[str, ...]
     #: the emulator operation its renewal calls
     renewal: str
+    #: credd's own ``[profiles.NAME]`` tables
+    credd_profiles: str = ""
+    #: whether the AWS config has ``app-iam``: an emulator IAM user's static keys (the signer)
+    signer_keys: bool = False
+
+    def configure(self, home: Home, emu: Emulator) -> None:
+        aws_config = self.aws_config
+        if self.signer_keys:
+            aws_config += static_keys_profile(emu.create_access_key("app-server"))
+        home.write_aws_config(aws_config)
+        home.write_credd_config(LISTEN_ANY_PORT + self.credd_profiles)
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """What consumers ask the daemon for; an SDK asks for the first all the time."""
+        if self.name == "trusted-identity":
+            return (f"/v1/tokens/{self.profile}", f"/v1/credentials/{self.profile}")
+        return (f"/v1/credentials/{self.profile}",)
 
     def cache_file(self, home: Home) -> Path:
         paths = home.paths()
         if self.name == "signin":
             return paths.login_cache_dir / f"{sha256_name(SIGNIN_ARN)}.json"
+        if self.name == "trusted-identity":
+            name = IamTokenCache.token_name(self.profile)
+            return paths.trusted_identity_cache_dir / f"{name}.json"
         return paths.sso_cache_dir / f"{sha1_name('my-sso')}.json"
 
     def refresh_token(self, path: Path) -> str:
         """The refresh token in the cache file (parsed by credd's own reader: all fields)."""
         data = json.loads(path.read_bytes())
-        token = (
-            LoginToken.from_json(data, path)
-            if self.name == "signin"
-            else SsoToken.from_json(data, path)
-        )
+        token: LoginToken | IamToken | SsoToken
+        if self.name == "signin":
+            token = LoginToken.from_json(data, path)
+        elif self.name == "trusted-identity":
+            token = IamToken.from_json(data, path)
+        else:
+            token = SsoToken.from_json(data, path)
         assert token.refresh_token is not None, "the refresh token is gone"
         return token.refresh_token.reveal()
 
@@ -114,6 +141,7 @@ class Kind:
         if self.name == "signin":
             signin = emu.state.signin.session_of_refresh_token(refresh_token)
             return signin is not None and signin.refresh_token == Secret(refresh_token)
+        # Identity Center's sessions, CreateTokenWithIAM's among them
         return emu.state.session_of_refresh_token(refresh_token) is not None
 
     def record_rotations(self, emu: Emulator, rotations: list[Rotation]) -> None:
@@ -158,6 +186,17 @@ SIGNIN = Kind(
     ("login", "console", "--signin"),
     "CreateOAuth2Token",
 )
+#: CreateTokenWithIAM with the authorization code grant: only ``credd login analyst`` begins
+#: it, so a refresh token lost would show (a jwt-bearer session would begin again unseen)
+TRUSTED_IDENTITY = Kind(
+    "trusted-identity",
+    "analyst",
+    AWS_CONFIG,
+    ("login", "analyst"),
+    "CreateTokenWithIAM",
+    credd_profiles="\n" + credd_profile(AUTH_CODE_GRANT),
+    signer_keys=True,
+)
 
 
 @dataclass
@@ -199,10 +238,14 @@ class CrashWorld:
 
 def make_world(kind: Kind, home: Home, emu: Emulator, tmp_path: Path) -> CrashWorld:
     emu.config.update(
-        {"access_token_ttl": LIFETIME, "role_ttl": LIFETIME, "signin_credentials_ttl": LIFETIME}
+        {
+            "access_token_ttl": LIFETIME,
+            "role_ttl": LIFETIME,
+            "signin_credentials_ttl": LIFETIME,
+            "iam_token_ttl": LIFETIME,
+        }
     )
-    home.write_aws_config(kind.aws_config)
-    home.write_credd_config(LISTEN_ANY_PORT)
+    kind.configure(home, emu)
     world = CrashWorld(kind, home, emu, dict(os.environ), tmp_path / "logs", random.Random(SEED))
     kind.record_rotations(emu, world.rotations)
     return world
@@ -273,15 +316,20 @@ async def kill_9(process: Process) -> int:
     return await process.wait()
 
 
+def logins(emu: Emulator) -> int:
+    """Browser logins, and CreateTokenWithIAM sessions begun (by any grant), so far."""
+    calls = emu.calls
+    return calls["Authorize"] + calls["SigninAuthorize"] + len(emu.state.iam.session_starts)
+
+
 async def serves_without_login(world: CrashWorld, daemon: Daemon) -> None:
     """The daemon started after a kill serves credentials from what is on disk."""
-    logins = world.emu.calls["Authorize"] + world.emu.calls["SigninAuthorize"]
-    path = f"/v1/credentials/{world.kind.profile}"
-    with anyio.fail_after(20):
-        while (await daemon.get(path)).status != 200:  # noqa: ASYNC110  # polling the daemon
-            await anyio.sleep(0.05)
-    # no browser login happened
-    assert world.emu.calls["Authorize"] + world.emu.calls["SigninAuthorize"] == logins
+    before = logins(world.emu)
+    for path in world.kind.routes:
+        with anyio.fail_after(20):
+            while (await daemon.get(path)).status != 200:  # noqa: ASYNC110  # polling
+                await anyio.sleep(0.05)
+    assert logins(world.emu) == before  # no login happened, no session began again
     assert_no_leftovers(world)
 
 
@@ -289,7 +337,7 @@ async def ask_constantly(world: CrashWorld, daemon: Daemon) -> None:
     """An SDK asking all the time, so that the daemon keeps renewing."""
     while True:
         try:
-            await daemon.get(f"/v1/credentials/{world.kind.profile}")
+            await daemon.get(world.kind.routes[0])
         except (OSError, aiohttp.ClientError):
             return  # the daemon is gone
         await anyio.sleep(0.02)
@@ -318,7 +366,9 @@ def judge_random_kill(world: CrashWorld) -> bool:
 DAEMON_KILLS = ("starting", "serving", "renewing") * 3
 
 
-@pytest.mark.parametrize("kind", [IDENTITY_CENTER, SIGNIN], ids=lambda kind: kind.name)
+@pytest.mark.parametrize(
+    "kind", [IDENTITY_CENTER, SIGNIN, TRUSTED_IDENTITY], ids=lambda kind: kind.name
+)
 async def test_kill_9_during_renewal_never_breaks_a_cache_or_loses_the_session(
     kind: Kind, home: Home, emulator: object, tmp_path: Path
 ) -> None:
