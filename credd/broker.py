@@ -363,8 +363,9 @@ class Broker:
             self._failed(keeper, exc, now)
             raise
         except Exception as exc:
-            log.exception("fetch_bug", profile=name)
             failure = InternalFailure(exc)
+            # no traceback: an exception's message may quote a token
+            log.error("fetch_bug", profile=name, error=failure.message)  # noqa: TRY400
             self._failed(keeper, failure, now)
             raise failure from exc
         keeper.creds = creds

@@ -6,6 +6,9 @@ and picks exit codes, and ``server.py`` turns them into HTTP error bodies.
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 
 class CreddError(Exception):
     """Anything credd can explain in one line."""
@@ -45,13 +48,20 @@ class LoginRequired(CreddError):
 
 
 class InternalFailure(CreddError):
-    """A bug in credd, caught where it would have stopped the daemon: retried like an outage."""
+    """A bug in credd, caught where it would have stopped the daemon: retried like an outage.
+
+    It names the exception's type and where it was raised, never its message: a
+    message may quote the data at hand, a token among them.
+    """
 
     code = "InternalError"
 
     def __init__(self, error: Exception) -> None:
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
         super().__init__(
-            f"credd failed unexpectedly ({type(error).__name__})", hint="see the daemon's log"
+            f"credd failed unexpectedly ({type(error).__name__}{where})",
+            hint="see the daemon's log",
         )
 
 

@@ -29,7 +29,14 @@ from aiohttp.web_protocol import RequestHandler
 
 from credd.broker import Broker
 from credd.config import DEFAULT_IDLE_CONNECTION, DEFAULT_MAX_WAITING_REQUESTS
-from credd.errors import CreddError, LoginRequired, NotServed, TooManyRequests, UpstreamError
+from credd.errors import (
+    CreddError,
+    InternalFailure,
+    LoginRequired,
+    NotServed,
+    TooManyRequests,
+    UpstreamError,
+)
 from credd.limits import RETRY_AFTER_SECONDS, WaitLimit
 from credd.store import format_timestamp
 
@@ -150,9 +157,11 @@ class Endpoint:
             return refused
         except CreddError as exc:
             return error_response(503, exc.code, str(exc))
-        except Exception:
-            log.exception("request_failed", path=_echo(request.path))
-            return error_response(500, "InternalError", "credd failed to answer; see its log")
+        except Exception as exc:
+            failure = InternalFailure(exc)
+            # no traceback: an exception's message may quote a token
+            log.error("request_failed", path=_echo(request.path), error=failure.message)  # noqa: TRY400
+            return error_response(500, failure.code, "credd failed to answer; see its log")
 
     async def _route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         method, route, name = self._resolve(path)

@@ -237,8 +237,9 @@ class RenewingSession(abc.ABC, Generic[SpecT, TokenT]):
             self._fail(exc, began)
             raise
         except Exception as exc:
-            log.exception("renewal_bug", session=self.spec.name)
             failure = InternalFailure(exc)
+            # no traceback: an exception's message may quote a token
+            log.error("renewal_bug", session=self.spec.name, error=failure.message)  # noqa: TRY400
             self._fail(failure, began)
             raise failure from exc
         self._succeeded()
