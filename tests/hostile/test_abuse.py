@@ -182,6 +182,20 @@ async def test_oversized_heads_are_refused(world: World, extra: dict[str, str], 
         assert await served(daemon)
 
 
+async def test_a_malformed_request_gets_a_json_error_that_quotes_nothing(world: World) -> None:
+    """aiohttp's own answer would quote the bad line, and with it the token it carries."""
+    async with serving(world) as daemon:
+        raw = f"GET /v1/credentials/dev HTTP/1.1\r\nAuthorization: {daemon.token}\x01\r\n"
+        reply = await send(daemon, (raw + f"Host: 127.0.0.1:{daemon.port}\r\n\r\n").encode())
+        assert reply is not None
+        assert reply.status == 400
+        assert reply.header("content-type") == "application/json"
+        body = json.loads(reply.body)
+        assert body["Code"] == body["code"] == "BadRequest"
+        assert daemon.token not in reply.raw.decode("latin-1")
+        assert await served(daemon)
+
+
 async def test_an_oversized_request_line_is_refused(world: World) -> None:
     async with serving(world) as daemon:
         reply = await send(daemon, request(daemon, path="/v1/credentials/" + "a" * 9000))
