@@ -44,8 +44,8 @@ from pathlib import Path
 import anyio
 
 from credd.daemon import running_daemon
+from credd.files.paths import Paths, resolve_paths
 from credd.log import configure_logging
-from credd.paths import Paths, resolve_paths
 from credd.testing.economy import (
     Scenario,
     economy_world,

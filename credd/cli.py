@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 
 from credd import __version__
-from credd.config import Settings, SigninSessionSpec, TrustedIdentitySpec, load_settings
+from credd.config.settings import Settings, SigninSessionSpec, TrustedIdentitySpec, load_settings
 from credd.errors import ConfigError, CreddError, DaemonUnavailable, NotServed
-from credd.paths import resolve_paths
+from credd.files.paths import resolve_paths
 
 if TYPE_CHECKING:
-    from credd.console import TerminalLoginUI
+    from credd.sessions.prompt import TerminalLoginUI
 
 T = TypeVar("T")
 
@@ -162,7 +162,7 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
     elif command == "credential-process":
         _credential_process(settings, args.profile)
     elif command == "service":
-        from credd import service
+        from credd.platform import service
 
         action = {
             "install": service.install,
@@ -172,7 +172,7 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
         for line in action(settings, os.environ).lines:
             print(line)
     elif command == "token":
-        from credd import client
+        from credd.endpoint import client
 
         answer = client.request(settings, f"/v1/tokens/{_quote(args.name)}")
         print(answer["accessToken"])
@@ -188,7 +188,7 @@ def _quote(name: str) -> str:
 async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     """Run the daemon: SIGHUP reloads the configuration, SIGTERM and SIGINT stop it."""
     from credd.daemon import DaemonHandle, run_daemon
-    from credd.systemd import clear_activation_environment
+    from credd.platform.systemd import clear_activation_environment
 
     stops = (signal.SIGTERM, signal.SIGINT)
     with anyio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
@@ -224,9 +224,9 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
         _login_signin(settings, args, debug)
         return
     from credd.clock import SystemClock
-    from credd.console import TerminalLoginUI
     from credd.daemon import aws_clients, sso_cache
     from credd.log import configure_logging
+    from credd.sessions.prompt import TerminalLoginUI
     from credd.sessions.sso_login import LoginOptions, SsoLogin
 
     configure_logging("debug" if debug else "warning", "console")
@@ -279,10 +279,10 @@ def _login_trusted_identity(
     settings: Settings, spec: TrustedIdentitySpec, args: argparse.Namespace
 ) -> None:
     from credd.clock import SystemClock
-    from credd.console import TerminalLoginUI
     from credd.daemon import aws_clients, trusted_identity_cache
     from credd.sessions.iam_login import login_trusted_identity
     from credd.sessions.loopback import LoginOptions
+    from credd.sessions.prompt import TerminalLoginUI
 
     clock = SystemClock()
     ui = TerminalLoginUI(clock)
@@ -308,9 +308,9 @@ def _login_trusted_identity(
 
 def _signer(settings: Settings, source: str | None) -> Any:
     """The keys of ``source`` as the CLI gets them: a served profile's from the daemon."""
-    from credd import client
     from credd.aws import SigningKeys
     from credd.daemon import aws_clients
+    from credd.endpoint import client
     from credd.profiles import source_keys
     from credd.secret import Secret
 
@@ -334,7 +334,7 @@ def _signer(settings: Settings, source: str | None) -> Any:
 def _tell_daemon(
     settings: Settings, session: str, *, logged_in: bool, reload: bool = False
 ) -> None:
-    from credd import client
+    from credd.endpoint import client
 
     try:
         if reload and not _reloaded(settings):
@@ -352,7 +352,7 @@ def _tell_daemon(
 
 def _reloaded(settings: Settings) -> bool:
     """Have a running daemon read the AWS config again (a profile written since it started)."""
-    from credd import client
+    from credd.endpoint import client
 
     try:
         client.request(settings, "/v1/reload", method="POST")
@@ -370,13 +370,13 @@ def _reloaded(settings: Settings) -> bool:
 
 def _login_signin(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
     """``credd login PROFILE --signin [--remote]``: as ``aws login``, profile written at the end."""
-    from credd.awsconfig_write import inspect_profile, write_login_session
     from credd.clock import SystemClock
-    from credd.config import DEFAULT_SIGNIN_REGION, SigninProfile
-    from credd.console import TerminalLoginUI
+    from credd.config.settings import DEFAULT_SIGNIN_REGION, SigninProfile
+    from credd.config.writer import inspect_profile, write_login_session
     from credd.daemon import aws_clients, login_cache
     from credd.errors import LoginError
     from credd.log import configure_logging
+    from credd.sessions.prompt import TerminalLoginUI
     from credd.sessions.signin_login import SigninLogin, SigninLoginOptions, SigninTarget
 
     configure_logging("debug" if debug else "warning", "console")
@@ -456,7 +456,7 @@ def _logout_signin(settings: Settings, spec: SigninSessionSpec) -> None:
 
 def _logout(settings: Settings, name: str) -> None:
     from credd.daemon import aws_clients, sso_cache
-    from credd.store import CacheCorrupt
+    from credd.files.store import CacheCorrupt
 
     spec = _session_spec(settings, name)
     if isinstance(spec, TrustedIdentitySpec):
@@ -512,14 +512,14 @@ def _logout_trusted_identity(settings: Settings, spec: TrustedIdentitySpec) -> N
 
 
 def _status(settings: Settings, *, as_json: bool) -> None:
-    from credd import client
-    from credd.status import offline_sessions, render_status, status_document
+    from credd.endpoint import client
+    from credd.endpoint.status import offline_sessions, render_status, status_document
 
     try:
         document = client.request(settings, "/v1/status")
     except DaemonUnavailable:
         from credd.clock import SystemClock
-        from credd.config import SsoSessionSpec
+        from credd.config.settings import SsoSessionSpec
         from credd.daemon import login_cache, sso_cache, trusted_identity_cache
         from credd.sessions.signin import offline_status as signin_status
         from credd.sessions.trusted_identity import offline_status
@@ -567,7 +567,7 @@ def _served(settings: Settings, profile: str) -> None:
 
 
 def _environment(settings: Settings, profile: str) -> dict[str, str]:
-    from credd.client import endpoint
+    from credd.endpoint.client import endpoint
 
     _served(settings, profile)
     where = endpoint(settings)
@@ -603,7 +603,7 @@ def _exec(settings: Settings, profile: str, argv: list[str]) -> NoReturn:
 
 
 def _credential_process(settings: Settings, profile: str) -> None:
-    from credd import client
+    from credd.endpoint import client
 
     _served(settings, profile)
     creds = client.request(settings, f"/v1/credentials/{_quote(profile)}")

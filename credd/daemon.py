@@ -30,9 +30,8 @@ from aiohttp import web
 
 from credd import __version__
 from credd.aws import AwsClients
-from credd.broker import DEFAULT_REQUEST_DEADLINE, Broker
 from credd.clock import Clock, SystemClock
-from credd.config import (
+from credd.config.settings import (
     ServerSettings,
     SessionSpec,
     Settings,
@@ -40,19 +39,20 @@ from credd.config import (
     TrustedIdentitySpec,
     load_settings,
 )
-from credd.desktop import notify_login_required
+from credd.endpoint.limits import EndpointLoad
+from credd.endpoint.server import Endpoint, make_server
+from credd.endpoint.status import status_document
+from credd.engine.broker import DEFAULT_REQUEST_DEADLINE, Broker
 from credd.errors import CreddError
-from credd.limits import EndpointLoad
-from credd.paths import Paths
-from credd.server import Endpoint, make_server
+from credd.files.paths import Paths
+from credd.files.store import JsonCacheDir, LoginCache, SsoCache, atomic_write, format_timestamp
+from credd.platform.desktop import notify_login_required
+from credd.platform.systemd import Notifier, listen_sockets, watchdog_interval
 from credd.sessions import Session, SessionState
 from credd.sessions.iam_tokens import IamTokenCache
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.renewing import SessionContext
 from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
-from credd.status import status_document
-from credd.store import JsonCacheDir, LoginCache, SsoCache, atomic_write, format_timestamp
-from credd.systemd import Notifier, listen_sockets, watchdog_interval
 
 log = structlog.get_logger(__name__)
 

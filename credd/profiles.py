@@ -23,7 +23,7 @@ import anyio
 
 from credd.aws import Answer, AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import (
+from credd.config.settings import (
     AssumeRoleProfile,
     IdentityEnhancedProfile,
     ProcessProfile,
@@ -34,11 +34,11 @@ from credd.config import (
     StaticKeysProfile,
 )
 from credd.errors import LoginRequired, UpstreamError
+from credd.files.store import format_timestamp
 from credd.secret import Secret
 from credd.sessions import Session
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.trusted_identity import TrustedIdentitySession
-from credd.store import format_timestamp
 
 if TYPE_CHECKING:
     # Sign-In (and the cryptography its DPoP proofs need, some 7 MB) is imported

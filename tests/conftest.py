@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from credd.clock import ManualClock
-from credd.config import Settings, load_settings
-from credd.paths import Paths, resolve_paths
+from credd.config.settings import Settings, load_settings
+from credd.files.paths import Paths, resolve_paths
 from credd.testing.browser import install_shim
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.config import EmulatorConfig

@@ -18,11 +18,11 @@ import structlog
 from botocore.credentials import ContainerProvider
 
 from credd.clock import Clock
-from credd.config import Settings, SsoSessionSpec
+from credd.config.settings import Settings, SsoSessionSpec
 from credd.daemon import DaemonHandle, aws_clients, sso_cache
+from credd.files.store import SsoToken
 from credd.log import configure_logging
 from credd.sessions.sso_login import LoginOptions, SsoLogin
-from credd.store import SsoToken
 from credd.testing.emulator import AccessKey
 
 

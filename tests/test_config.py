@@ -1,4 +1,4 @@
-"""credd.config: the AWS config and credd's TOML into frozen settings, errors naming file:line."""
+"""credd.config.settings: the AWS config and TOML into frozen settings; errors name file:line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from credd.config import (
+from credd.config.settings import (
     DEFAULT_SCOPES,
     AssumeRoleProfile,
     LogSettings,
@@ -23,7 +23,7 @@ from credd.config import (
     load_settings,
 )
 from credd.errors import ConfigError
-from credd.paths import Paths, resolve_paths
+from credd.files.paths import Paths, resolve_paths
 from credd.secret import Secret
 
 START_URL = "https://d-1234567890.awsapps.com/start"

@@ -16,7 +16,7 @@ from botocore.config import Config
 
 from credd.clock import ManualClock
 from credd.daemon import DaemonHandle, running_daemon
-from credd.store import sha1_name
+from credd.files.store import sha1_name
 from credd.testing.emulator import Emulator
 from tests.conftest import ACCOUNT, START_URL, Home
 from tests.helpers import RecordingUI, eventually, get, login, sdk_identity

@@ -1,4 +1,4 @@
-"""credd.ini: the AWS config reader that remembers where every key was written."""
+"""credd.config.ini: the AWS config reader that remembers where every key was written."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from credd.config.ini import IniFile, parse_ini, read_ini
 from credd.errors import ConfigError
-from credd.ini import IniFile, parse_ini, read_ini
 
 PATH = Path("/home/someone/.aws/config")
 

@@ -9,11 +9,11 @@ import anyio
 import pytest
 
 from credd.clock import ManualClock
-from credd.config import SsoSessionSpec
+from credd.config.settings import SsoSessionSpec
 from credd.daemon import aws_clients, sso_cache
 from credd.errors import LoginError
+from credd.files.store import registration_cache_name
 from credd.sessions.sso_login import LoginOptions, SsoLogin
-from credd.store import registration_cache_name
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.config import EmulatorConfig
 from tests.conftest import START_URL, Home

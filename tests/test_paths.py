@@ -1,4 +1,4 @@
-"""credd.paths: every location, from HOME, the XDG variables and the AWS variables."""
+"""credd.files.paths: every location, from HOME, the XDG variables and the AWS variables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from credd.paths import resolve_paths
+from credd.files.paths import resolve_paths
 
 
 @pytest.fixture

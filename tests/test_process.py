@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import pytest
 
-from credd.store import sha1_name
+from credd.files.store import sha1_name
 from credd.testing.emulator import Emulator
 from tests.conftest import ACCOUNT, AWS_CONFIG, START_URL, Home
 from tests.process_helpers import (

@@ -1,4 +1,4 @@
-"""credd.schedule: when to renew and how long to back off, as pure functions."""
+"""credd.engine.schedule: when to renew and how long to back off, as pure functions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from credd.schedule import (
+from credd.engine.schedule import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_CAP_SECONDS,
     JITTER_CAP_SECONDS,

@@ -33,13 +33,14 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from credd import cli
-from credd.awsconfig_write import inspect_profile, write_login_session
 from credd.clock import ManualClock
-from credd.config import DEFAULT_SIGNIN_REGION, SigninProfile, SigninSessionSpec
+from credd.config.settings import DEFAULT_SIGNIN_REGION, SigninProfile, SigninSessionSpec
+from credd.config.writer import inspect_profile, write_login_session
 from credd.daemon import DaemonHandle, aws_clients, login_cache, running_daemon
-from credd.dpop import DpopKey
 from credd.errors import LoginError, LoginRequired, UpstreamError
+from credd.files.store import LoginToken, sha256_name
 from credd.sessions import SessionState
+from credd.sessions.dpop import DpopKey
 from credd.sessions.signin import (
     SDK_REFRESH_WINDOW_SECONDS,
     attach_proofs,
@@ -55,7 +56,6 @@ from credd.sessions.signin_login import (
     SigninTarget,
     parse_verification_code,
 )
-from credd.store import LoginToken, sha256_name
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.config import EmulatorConfig
 from credd.testing.emulator.dpop import ProofError, verify_proof

@@ -23,8 +23,8 @@ import aiohttp
 import anyio
 import pytest
 
-from credd.dpop import DpopKey
-from credd.store import sha256_name
+from credd.files.store import sha256_name
+from credd.sessions.dpop import DpopKey
 from credd.testing.emulator import Emulator
 from tests.conftest import Home
 from tests.process_helpers import (

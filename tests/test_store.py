@@ -1,4 +1,4 @@
-"""credd.store: the caches shared with the AWS CLI: atomic writes, cross-process locks."""
+"""credd.files.store: the caches shared with the AWS CLI: atomic writes, cross-process locks."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream
 
-from credd.secret import Secret
-from credd.store import (
+from credd.files.store import (
     CacheCorrupt,
     JsonCacheDir,
     Registration,
@@ -28,6 +27,7 @@ from credd.store import (
     registration_cache_name,
     sha1_name,
 )
+from credd.secret import Secret
 
 START_URL = "https://d-1234567890.awsapps.com/start"
 EXPIRES = datetime(2026, 11, 21, 12, 15, 9, tzinfo=UTC)

@@ -31,11 +31,11 @@ from typing import Any, TextIO
 import pytest
 import structlog
 
-from credd import service
-from credd.config import Settings
+from credd.config.settings import Settings
 from credd.errors import CreddError
 from credd.log import JournalPriority, configure_logging, logging_to_journal
-from credd.systemd import (
+from credd.platform import service
+from credd.platform.systemd import (
     Notifier,
     clear_activation_environment,
     listen_sockets,
@@ -44,7 +44,7 @@ from credd.systemd import (
 from tests.conftest import Home
 
 REPO = Path(__file__).resolve().parent.parent
-UNIT_TEMPLATES = REPO / "credd" / "units"
+UNIT_TEMPLATES = REPO / "credd" / "platform" / "units"
 #: a child that runs longer than this has hung (never reached when all is well)
 CHILD_DEADLINE = 60.0
 
@@ -181,7 +181,7 @@ def test_listen_sockets_takes_nothing_not_meant_for_this_process(env: dict[str, 
 PASSED_SOCKETS_CHILD = textwrap.dedent(
     """\
     import fcntl, json, os, socket, sys
-    from credd.systemd import listen_sockets
+    from credd.platform.systemd import listen_sockets
 
     ports, high = [], []
     for _ in (3, 4):
@@ -301,7 +301,9 @@ def test_render_service_starts_the_given_command(
 
 def test_render_service_escapes_percent_signs_in_the_install_path(home: Home) -> None:
     text = service.render(
-        "credd.service", settings_listening_on(home, "127.0.0.1:9911"), ["/opt/100%h/bin/credd"]
+        "credd.service",
+        settings_listening_on(home, "127.0.0.1:9911"),
+        ["/opt/100%h/bin/credd"],
     )
     assert directives(text, "ExecStart") == ["/opt/100%%h/bin/credd serve"]
 

@@ -23,14 +23,14 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from credd.assertions import AssertionSource
 from credd.aws import SigningKeys
 from credd.clock import ManualClock
-from credd.config import Settings, TrustedIdentitySpec
+from credd.config.settings import Settings, TrustedIdentitySpec
 from credd.daemon import DaemonHandle, aws_clients, running_daemon, trusted_identity_cache
 from credd.errors import AssertionRequired, ConfigError, LoginError
 from credd.profiles import source_keys
 from credd.sessions import SessionStatus
+from credd.sessions.assertions import AssertionSource
 from credd.sessions.iam_login import login_trusted_identity
 from credd.sessions.iam_tokens import IamToken
 from credd.sessions.loopback import LoginOptions
@@ -654,7 +654,7 @@ async def test_a_downscoped_grant_is_reported(world: World) -> None:
     assert session["details"]["downscoped"] is True
     assert session["details"]["requested_scopes"] == ["openid", "aws", "sts:identity_context"]
 
-    from credd.status import render_status
+    from credd.endpoint.status import render_status
 
     assert "asked for scopes openid, aws, sts:identity_context, granted openid, aws" in (
         render_status(doc)

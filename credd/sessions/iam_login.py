@@ -19,7 +19,7 @@ import structlog
 
 from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import AUTH_CODE_GRANT, TrustedIdentitySpec
+from credd.config.settings import AUTH_CODE_GRANT, TrustedIdentitySpec
 from credd.errors import LoginError
 from credd.sessions.iam_tokens import GrantRefused, IamToken, IamTokenCache, IamTokenClient
 from credd.sessions.loopback import LoginOptions, LoginUI, Pkce, loopback_redirect

@@ -27,19 +27,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from credd import claims
 from credd.aws import Answer, AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import TrustedIdentitySpec
+from credd.config.settings import TrustedIdentitySpec
 from credd.errors import CreddError, UpstreamError
-from credd.secret import Secret
-from credd.store import (
+from credd.files.store import (
     CacheCorrupt,
     TokenCache,
     format_timestamp,
     parse_timestamp,
     sha1_name,
 )
+from credd.secret import Secret
+from credd.sessions import claims
 
 REFRESH_GRANT: Final = "refresh_token"
 #: the longest access token lifetime believed (a year): more is garbage

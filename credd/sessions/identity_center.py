@@ -21,12 +21,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from credd.aws import Answer
-from credd.config import SsoSessionSpec
+from credd.config.settings import SsoSessionSpec
 from credd.errors import CreddError, LoginRequired, UpstreamError
+from credd.files.store import SsoToken
 from credd.secret import Secret
 from credd.sessions import SessionState
 from credd.sessions.renewing import SharedCacheSession
-from credd.store import SsoToken
 
 REFRESH_GRANT = "refresh_token"
 #: the longest access token lifetime believed (a year): more is garbage

@@ -40,12 +40,12 @@ from anyio.abc import TaskGroup
 
 from credd.aws import AwsClients
 from credd.clock import Clock
+from credd.engine.flight import SingleFlight
+from credd.engine.schedule import renewal_time, retry_time
 from credd.errors import CreddError, InternalFailure, LoginRequired, UpstreamError
-from credd.flight import SingleFlight
-from credd.schedule import renewal_time, retry_time
+from credd.files.store import CacheCorrupt, TokenCache
 from credd.secret import Secret
 from credd.sessions import SessionState, SessionStatus
-from credd.store import CacheCorrupt, TokenCache
 
 log = structlog.get_logger(__name__)
 

@@ -40,13 +40,13 @@ from typing import Any, Final
 
 from credd.aws import Answer
 from credd.clock import Clock
-from credd.config import SigninSessionSpec
-from credd.dpop import HEADER, DpopKey
+from credd.config.settings import SigninSessionSpec
 from credd.errors import CreddError, LoginRequired, UpstreamError
+from credd.files.store import CacheCorrupt, LoginCache, LoginToken
 from credd.secret import Secret
 from credd.sessions import SessionState, SessionStatus
+from credd.sessions.dpop import HEADER, DpopKey
 from credd.sessions.renewing import SharedCacheSession
-from credd.store import CacheCorrupt, LoginCache, LoginToken
 
 SERVICE: Final = "signin"
 REFRESH_GRANT: Final = "refresh_token"

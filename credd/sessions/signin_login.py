@@ -15,7 +15,7 @@ endpoint override moves it), learnt as the AWS CLI learns it: by preparing a
 CreateOAuth2Token request and reading its URL, never sending it.
 
 Writing ``login_session`` into the AWS config is the CLI's job
-(:mod:`credd.awsconfig_write`); this module never prints.
+(:mod:`credd.config.writer`); this module never prints.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ import structlog
 
 from credd.aws import AwsClients
 from credd.clock import Clock
-from credd.dpop import DpopKey
+from credd.engine.schedule import backoff_seconds
 from credd.errors import LoginError, UpstreamError
-from credd.schedule import backoff_seconds
+from credd.files.store import LoginCache, LoginToken
 from credd.secret import Secret
+from credd.sessions.dpop import DpopKey
 from credd.sessions.loopback import (
     BROWSER_TIMEOUT_SECONDS,
     LoginUI,
@@ -49,7 +50,6 @@ from credd.sessions.loopback import (
     loopback_redirect,
 )
 from credd.sessions.signin import SERVICE, TOKEN_TYPE, attach_proofs, permission_missing
-from credd.store import LoginCache, LoginToken
 
 log = structlog.get_logger(__name__)
 

@@ -20,8 +20,9 @@ import structlog
 
 from credd.aws import AwsClients
 from credd.clock import Clock
-from credd.config import SsoSessionSpec
+from credd.config.settings import SsoSessionSpec
 from credd.errors import LoginError, UpstreamError
+from credd.files.store import Registration, SsoCache, SsoToken, registration_cache_name
 from credd.secret import Secret
 from credd.sessions.loopback import (
     REGISTERED_REDIRECT,
@@ -31,7 +32,6 @@ from credd.sessions.loopback import (
     loopback_redirect,
     open_in_browser,
 )
-from credd.store import Registration, SsoCache, SsoToken, registration_cache_name
 
 __all__ = ["LoginOptions", "LoginUI", "SsoLogin"]
 

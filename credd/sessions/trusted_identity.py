@@ -5,7 +5,7 @@ own IAM credentials (the profile's ``source_profile``, or the default chain)
 and one of the grants of protocols.md 2.2:
 
 * ``jwt-bearer``: an external identity provider's assertion
-  (:mod:`credd.assertions`), fetched anew only when the one held nears its
+  (:mod:`credd.sessions.assertions`), fetched anew only when the one held nears its
   ``exp``;
 * ``token-exchange``: the access token of another credd session (the
   ``subject_session``). credd asks for ``requestedTokenType`` refresh token, so
@@ -36,19 +36,20 @@ from typing import Protocol
 
 import structlog
 
-from credd.assertions import AssertionSource
 from credd.aws import AwsClients, SigningKeys
-from credd.config import (
+from credd.config.settings import (
     AUTH_CODE_GRANT,
     IDENTITY_CONTEXT_SCOPE,
     JWT_BEARER_GRANT,
     TOKEN_EXCHANGE_GRANT,
     TrustedIdentitySpec,
 )
+from credd.engine.schedule import renewal_time
 from credd.errors import AssertionRequired, LoginRequired, UpstreamError
-from credd.schedule import renewal_time
+from credd.files.store import CacheCorrupt
 from credd.secret import Secret
 from credd.sessions import SessionState, SessionStatus
+from credd.sessions.assertions import AssertionSource
 from credd.sessions.iam_tokens import (
     ACCESS_TOKEN_TYPE,
     REFRESH_GRANT,
@@ -64,7 +65,6 @@ from credd.sessions.renewing import (
     SessionContext,
     shielded,
 )
-from credd.store import CacheCorrupt
 
 log = structlog.get_logger(__name__)
 

@@ -54,12 +54,12 @@ from typing import Final
 import aiohttp
 import anyio
 
-from credd.awsconfig_write import write_login_session
 from credd.clock import ManualClock
-from credd.config import RefreshSettings, Settings, SsoSessionSpec, load_settings
+from credd.config.settings import RefreshSettings, Settings, SsoSessionSpec, load_settings
+from credd.config.writer import write_login_session
 from credd.daemon import DaemonHandle, aws_clients, login_cache, running_daemon, sso_cache
-from credd.paths import Paths
-from credd.schedule import JITTER_CAP_SECONDS, JITTER_SHARE
+from credd.engine.schedule import JITTER_CAP_SECONDS, JITTER_SHARE
+from credd.files.paths import Paths
 from credd.sessions.loopback import LoginOptions
 from credd.sessions.signin import MIN_MARGIN_SECONDS
 from credd.sessions.signin_login import SigninLogin, SigninLoginOptions, SigninTarget

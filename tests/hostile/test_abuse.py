@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from credd.clock import ManualClock
-from credd.config import Settings
+from credd.config.settings import Settings
 from credd.daemon import DaemonHandle, running_daemon
 from credd.testing.emulator import Emulator
 from tests.conftest import Home

@@ -44,9 +44,9 @@ import anyio
 import pytest
 from anyio.abc import Process
 
+from credd.files.store import LoginToken, Registration, SsoToken, sha1_name, sha256_name
 from credd.secret import Secret
 from credd.sessions.iam_tokens import IamToken, IamTokenCache
-from credd.store import LoginToken, Registration, SsoToken, sha1_name, sha256_name
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.oauth import AUTH_CODE_GRANT
 from credd.testing.emulator.state import SigninSession, SsoSession, TokenSet
@@ -508,7 +508,7 @@ PADDING = 8 * 1024 * 1024
 WRITER = """\
 import json, sys
 from pathlib import Path
-from credd.store import JsonCacheDir
+from credd.files.store import JsonCacheDir
 files = JsonCacheDir(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
 padding = {"otherTool": "x" * int(sys.argv[5])} if int(sys.argv[5]) else {}
 versions = [{**json.loads(v), **padding} for v in sys.argv[6:]]

@@ -30,8 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credd.sessions.iam_tokens import IamToken, IamTokenCache
-from credd.store import (
+from credd.files.store import (
     CacheCorrupt,
     JsonCacheDir,
     LoginCache,
@@ -42,6 +41,7 @@ from credd.store import (
     parse_timestamp,
     sha1_name,
 )
+from credd.sessions.iam_tokens import IamToken, IamTokenCache
 from credd.testing.emulator import Emulator
 from tests.conftest import Home
 from tests.process_helpers import login, serving

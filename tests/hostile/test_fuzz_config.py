@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credd.config import Settings, load_settings
+from credd.config.settings import Settings, load_settings
 from credd.errors import ConfigError
-from credd.paths import Paths, resolve_paths
+from credd.files.paths import Paths, resolve_paths
 from tests.conftest import AWS_CONFIG
 
 FUZZ = settings(

@@ -37,7 +37,7 @@ import pytest
 
 from credd.clock import ManualClock, SystemClock
 from credd.daemon import DaemonHandle, running_daemon
-from credd.store import atomic_write, parse_timestamp, sha1_name
+from credd.files.store import atomic_write, parse_timestamp, sha1_name
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.config import EmulatorConfig
 from tests.conftest import Home

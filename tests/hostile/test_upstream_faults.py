@@ -41,9 +41,9 @@ import credd.aws
 from credd.aws import AwsClients
 from credd.clock import ManualClock
 from credd.daemon import DaemonHandle, running_daemon, trusted_identity_cache
+from credd.engine.schedule import BACKOFF_CAP_SECONDS
 from credd.errors import UpstreamError
-from credd.schedule import BACKOFF_CAP_SECONDS
-from credd.store import sha1_name
+from credd.files.store import sha1_name
 from credd.testing.emulator import Emulator, EmulatorConfig
 from credd.testing.emulator.clients import aws_client
 from credd.testing.emulator.oauth import JWT_BEARER_GRANT

@@ -25,11 +25,11 @@ from subprocess import DEVNULL
 import anyio
 import structlog
 
-from credd import claims
 from credd.clock import Clock
 from credd.errors import AssertionRequired
+from credd.files.store import format_timestamp
 from credd.secret import Secret
-from credd.store import format_timestamp
+from credd.sessions import claims
 
 log = structlog.get_logger(__name__)
 

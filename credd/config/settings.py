@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+from credd.config.ini import IniFile, Section, read_config_text, read_ini
 from credd.errors import ConfigError
-from credd.ini import IniFile, Section, read_config_text, read_ini
-from credd.paths import Paths, expand_path
+from credd.files.paths import Paths, expand_path
 from credd.secret import Secret
 
 DEFAULT_LISTEN: Final = "127.0.0.1:9911"
@@ -35,7 +35,7 @@ DEFAULT_CREDENTIALS_MARGIN: Final = 1200.0
 DEFAULT_IDLE_TIMEOUT: Final = 7200.0
 #: the most any ``*_seconds`` key may say (31 years): anything past it is a typo
 MAX_SECONDS: Final = 1e9
-# The endpoint's bounds (credd/limits.py). A laptop's SDKs hold a handful of
+# The endpoint's bounds (credd/endpoint/limits.py). A laptop's SDKs hold a handful of
 # connections; these leave room for a test runner starting hundreds of processes.
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 DEFAULT_MAX_WAITING_REQUESTS: Final = 512

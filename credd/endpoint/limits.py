@@ -19,7 +19,7 @@ import resource
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from credd.config import ServerSettings
+from credd.config.settings import ServerSettings
 from credd.errors import TooManyRequests
 
 #: file descriptors kept free for caches, locks, logs and upstream connections

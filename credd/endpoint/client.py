@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from credd.config import Settings
+from credd.config.settings import Settings
 from credd.errors import CreddError, DaemonUnavailable, NotServed
 
 TIMEOUT_SECONDS = 5.0

@@ -11,10 +11,10 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from credd.broker import ProfileStatus
-from credd.config import SsoSessionSpec
+from credd.config.settings import SsoSessionSpec
+from credd.engine.broker import ProfileStatus
+from credd.files.store import CacheCorrupt, SsoCache, format_timestamp
 from credd.sessions import SessionState, SessionStatus
-from credd.store import CacheCorrupt, SsoCache, format_timestamp
 
 
 def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,13 +28,15 @@ from anyio.abc import TaskGroup
 
 from credd.aws import AwsClients, SigningKeys
 from credd.clock import Clock
-from credd.config import (
+from credd.config.settings import (
     AssumeRoleProfile,
     RefreshSettings,
     ServedProfile,
     SessionSpec,
     SigningSource,
 )
+from credd.engine.flight import SingleFlight
+from credd.engine.schedule import renewal_time, retry_time
 from credd.errors import (
     AssertionRequired,
     CreddError,
@@ -43,9 +45,7 @@ from credd.errors import (
     NotServed,
     UpstreamError,
 )
-from credd.flight import SingleFlight
 from credd.profiles import Fetcher, RoleCredentials, make_fetcher, source_keys
-from credd.schedule import renewal_time, retry_time
 from credd.sessions import Session, SessionState, SessionStatus
 from credd.sessions.iam_tokens import IamToken
 from credd.sessions.trusted_identity import TrustedIdentitySession

@@ -27,8 +27,9 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from credd.broker import Broker
-from credd.config import DEFAULT_IDLE_CONNECTION, DEFAULT_MAX_WAITING_REQUESTS
+from credd.config.settings import DEFAULT_IDLE_CONNECTION, DEFAULT_MAX_WAITING_REQUESTS
+from credd.endpoint.limits import RETRY_AFTER_SECONDS, WaitLimit
+from credd.engine.broker import Broker
 from credd.errors import (
     CreddError,
     InternalFailure,
@@ -37,8 +38,7 @@ from credd.errors import (
     TooManyRequests,
     UpstreamError,
 )
-from credd.limits import RETRY_AFTER_SECONDS, WaitLimit
-from credd.store import format_timestamp
+from credd.files.store import format_timestamp
 
 log = structlog.get_logger(__name__)
 

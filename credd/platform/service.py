@@ -1,6 +1,6 @@
 """``credd service install|uninstall|status``: the systemd user units.
 
-The units ship inside the package (``credd/units``; ``systemd/`` in the
+The units ship inside the package (``credd/platform/units``; ``systemd/`` in the
 repository links to them). Installing writes them to the user's systemd
 directory with ``ExecStart`` pointing at this very installation of credd
 (a virtualenv, pipx or the system) and ``ListenStream`` at ``[server]
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from credd.config import Settings
+from credd.config.settings import Settings
 from credd.errors import CreddError
 
 UNITS = ("credd.service", "credd.socket")
@@ -51,7 +51,7 @@ def credd_command() -> list[str]:
 
 
 def render(unit: str, settings: Settings, command: list[str]) -> str:
-    text = resources.files("credd").joinpath("units", unit).read_text(encoding="utf-8")
+    text = resources.files("credd.platform").joinpath("units", unit).read_text(encoding="utf-8")
     if unit == "credd.service":
         # quoted for systemd's command line: shell-style quotes, and "%" is a specifier
         parts = [shlex.quote(part).replace("%", "%%") for part in [*command, "serve"]]

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from credd.config.ini import Section, read_ini
 from credd.errors import LoginError
-from credd.ini import Section, read_ini
-from credd.store import atomic_write
+from credd.files.store import atomic_write
 
 #: settings that make a profile get its credentials some other way
 CONFLICTING_KEYS: Final = (

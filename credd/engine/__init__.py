@@ -1,0 +1,1 @@
+"""The renewal engine: what credd keeps alive, when it renews it, and the state it serves."""

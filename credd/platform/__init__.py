@@ -1,0 +1,1 @@
+"""The platform: systemd (sd_notify, socket activation, the user units) and the desktop."""
