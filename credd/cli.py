@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import anyio
 
 from credd import __version__
-from credd.config.settings import Settings, SigninSessionSpec, TrustedIdentitySpec, load_settings
+from credd.config.load import load_settings
+from credd.config.settings import Settings, SigninSessionSpec, TrustedIdentitySpec
 from credd.errors import ConfigError, CreddError, DaemonUnavailable, NotServed
 from credd.files.paths import resolve_paths
 

@@ -31,13 +31,13 @@ from aiohttp import web
 from credd import __version__
 from credd.aws import AwsClients
 from credd.clock import Clock, SystemClock
+from credd.config.load import load_settings
 from credd.config.settings import (
     ServerSettings,
     SessionSpec,
     Settings,
     SigninSessionSpec,
     TrustedIdentitySpec,
-    load_settings,
 )
 from credd.endpoint.limits import EndpointLoad
 from credd.endpoint.server import Endpoint, make_server

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from credd.clock import ManualClock
-from credd.config.settings import Settings, load_settings
+from credd.config.load import load_settings
+from credd.config.settings import Settings
 from credd.files.paths import Paths, resolve_paths
 from credd.testing.browser import install_shim
 from credd.testing.emulator import Emulator

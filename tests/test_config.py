@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from credd.config.load import load_settings
 from credd.config.settings import (
     DEFAULT_SCOPES,
     AssumeRoleProfile,
@@ -20,7 +21,6 @@ from credd.config.settings import (
     SsoSessionSpec,
     StaticKeysProfile,
     TrustedIdentitySpec,
-    load_settings,
 )
 from credd.errors import ConfigError
 from credd.files.paths import Paths, resolve_paths

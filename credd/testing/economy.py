@@ -55,7 +55,8 @@ import aiohttp
 import anyio
 
 from credd.clock import ManualClock
-from credd.config.settings import RefreshSettings, Settings, SsoSessionSpec, load_settings
+from credd.config.load import load_settings
+from credd.config.settings import RefreshSettings, Settings, SsoSessionSpec
 from credd.config.writer import write_login_session
 from credd.daemon import DaemonHandle, aws_clients, login_cache, running_daemon, sso_cache
 from credd.engine.schedule import JITTER_CAP_SECONDS, JITTER_SHARE

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from credd.config.settings import Settings, load_settings
+from credd.config.load import load_settings
+from credd.config.settings import Settings
 from credd.errors import ConfigError
 from credd.files.paths import Paths, resolve_paths
 from tests.conftest import AWS_CONFIG
