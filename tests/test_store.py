@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from anyio.abc import ByteReceiveStream
 
 from credd.files.store import (
     CacheCorrupt,
+    CacheWriteError,
     JsonCacheDir,
     Registration,
     SsoCache,
@@ -386,9 +388,11 @@ def test_failed_write_keeps_the_original_and_cleans_up(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CacheWriteError, match="No space") as caught:
         cache.write("tok", {"accessToken": "new"})
     monkeypatch.undo()
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.path == cache.path("tok")
     assert cache.read("tok") == {"accessToken": "old"}
     assert sorted(p.name for p in cache.directory.iterdir()) == ["tok.json"]
 

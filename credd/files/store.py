@@ -8,6 +8,25 @@ atomic ``os.replace``, so a concurrent reader never sees half a file. Writers
 ``~/.aws/sso/cache``). Reads are lenient about the timestamp forms other tools
 write, and a file that cannot be parsed is never silently overwritten: a copy
 goes to credd's state directory first.
+
+A refresh token is spent the moment it is used, so nothing here may lose one
+(issue 10):
+
+- A write has two phases. :meth:`JsonCacheDir.prepare` creates the temporary
+  file and sets its space aside *before* the caller goes upstream, so a
+  read-only or full filesystem fails while the old token is still good;
+  :meth:`PendingWrite.commit` fills it in.
+- Compare and swap: botocore writes without credd's lock, so ``commit`` is
+  given the :class:`Fingerprint` of what the caller read and keeps the other
+  program's file (:class:`CacheChanged`) if the file no longer holds it.
+- A token that cannot be written is rescued: a 0600 copy in credd's state
+  directory, which a restarted daemon reads back.
+
+Every read is bounded (issue 11): ``O_NOFOLLOW | O_NONBLOCK``, ``fstat``, at
+most :data:`MAX_CACHE_BYTES`, so a FIFO, a symlink or a huge file at a cache
+path can neither hang nor bloat the daemon, and a symlink is never written
+through (``os.replace`` replaces the link itself). All I/O here is blocking and
+bounded; the daemon calls it from a worker thread.
 """
 
 from __future__ import annotations
@@ -20,12 +39,14 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import anyio
 
@@ -34,14 +55,80 @@ from credd.secret import Secret
 
 _LOCK_POLL_SECONDS = 0.02
 
+#: the largest cache file credd reads: token files are a few KiB (protocols.md 6)
+MAX_CACHE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, repr=False)
+class Fingerprint:
+    """What a cache file held when it was read: the sha256 of its bytes, ``None`` if absent.
+
+    Equal fingerprints mean the same bytes, so a caller can tell "still the same
+    torn file" from "another program wrote it". A path holding no bytes to read
+    (a FIFO, a symlink, a directory, a read error) gets the digest of a marker
+    naming what is there.
+    """
+
+    digest: bytes | None
+
+    def __repr__(self) -> str:
+        # a hash of a token file gives nothing away, but a prefix is all a log needs
+        shown = "absent" if self.digest is None else self.digest.hex()[:12]
+        return f"Fingerprint({shown})"
+
 
 class CacheCorrupt(CreddError):
     """A cache file exists but is not something credd can read."""
 
     code = "CacheCorrupt"
 
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Path, problem: str, *, fingerprint: Fingerprint | None = None) -> None:
         super().__init__(f"cache file {path} cannot be read: {problem}")
+        self.path = path
+        #: what was read, when it came from a file: the same torn file reads the same
+        self.fingerprint = fingerprint
+
+
+#: what to check, by errno, when a cache file cannot be written; {directory} is filled in
+_WRITE_HINTS = {
+    errno.EROFS: "the filesystem holding {directory} is mounted read-only: remount it read-write",
+    errno.ENOSPC: "the filesystem holding {directory} is full: free some space",
+    errno.EDQUOT: "your disk quota is used up: free some space",
+    errno.EACCES: "check the owner and permissions of {directory}",
+    errno.EPERM: "check the owner and permissions of {directory}",
+    errno.EIO: "the disk reported an I/O error: check the device (dmesg)",
+    errno.EISDIR: "something other than a file is in the way: move it aside",
+}
+_WRITE_HINT = "check free space, permissions, and whether {directory} is on a read-only mount"
+
+
+class CacheWriteError(CreddError):
+    """A cache file could not be written; ``errno`` and ``path`` say why and where."""
+
+    code = "CacheWriteError"
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        name = errno.errorcode.get(error.errno) if error.errno else None
+        hint = _WRITE_HINTS.get(error.errno or 0, _WRITE_HINT)
+        super().__init__(
+            f"cannot write {path}: {reason}" + (f" ({name})" if name else ""),
+            hint=hint.format(directory=path.parent),
+        )
+        self.path = path
+        self.errno = error.errno
+
+
+class CacheChanged(CreddError):
+    """Another program replaced a cache file after credd read it: theirs is kept."""
+
+    code = "CacheChanged"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"cache file {path} was changed by another program while credd was writing it",
+            hint="credd keeps what the other program wrote and reads it again",
+        )
         self.path = path
 
 
@@ -70,53 +157,308 @@ def sha1_name(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- reads
+
+# O_NOFOLLOW: a symlink at a cache path is refused (ELOOP), never followed.
+# O_NONBLOCK: opening a FIFO does not wait for a writer. O_NOCTTY: a terminal
+# swapped in at the path never becomes the daemon's controlling terminal.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_READ_CHUNK = 64 * 1024
+
+_FILE_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
-TEMPORARY_SUFFIX = ".tmp"
-#: ``.<target>.<writer pid>.<random>.tmp``, what :func:`atomic_write` writes before the rename
-_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp")
+@dataclass(frozen=True)
+class _Found:
+    """What one bounded read of a cache path found."""
+
+    #: the bytes read (at most MAX_CACHE_BYTES + 1); None when there were none to read
+    data: bytes | None
+    #: why the file cannot be used at all; None when ``data`` is worth parsing
+    problem: str | None
+    fingerprint: Fingerprint
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that no reader ever sees half a file.
+def _marker(what: bytes) -> Fingerprint:
+    # starts with NUL bytes, which no JSON document does: never the digest of a cache file
+    return Fingerprint(hashlib.sha256(b"\0\0credd\0" + what).digest())
 
-    A temporary file in the same directory (made 0600, then given ``mode``),
-    fsync, ``os.replace``, then the directory fsynced; a missing directory is
-    made 0700. The temporary file is removed if anything fails.
+
+def _read_bounded(path: Path) -> _Found:
+    """Read ``path`` without following a symlink, waiting on a FIFO or reading a huge file whole.
+
+    Never raises: what cannot be read is described in the result.
     """
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # The writer's pid in the name: a file left by a writer killed half-way
-    # (kill -9, power loss) is told apart from one being written (sweep_temporary).
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX
-    )
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        # Not regular: never opened at all. Opening a FIFO releases a writer
+        # blocked on its other end, and opening a device can act on it.
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            return _not_regular(path, mode)
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        return _Found(None, None, Fingerprint(None))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+            return _not_regular(path, stat.S_IFLNK)
+        if exc.errno == errno.ENXIO:  # swapped for a socket, which open() refuses
+            return _not_regular(path, stat.S_IFSOCK)
+        return _failed(exc)
+    try:
+        # the open file itself, not the lstat above: the path may have been swapped since
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return _not_regular(path, mode)
+        data = _read_at_most(fd, MAX_CACHE_BYTES + 1)
+    except OSError as exc:
+        return _failed(exc)
+    finally:
+        os.close(fd)
+    fingerprint = Fingerprint(hashlib.sha256(data).digest())
+    if len(data) > MAX_CACHE_BYTES:
+        return _Found(data, f"it is larger than {MAX_CACHE_BYTES} bytes", fingerprint)
+    return _Found(data, None, fingerprint)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, _READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _not_regular(path: Path, mode: int) -> _Found:
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFLNK:
+        # Where it points goes into the marker: a link re-pointed elsewhere is a change.
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
+            return _Found(
+                None, "it is a symbolic link", _marker(b"link " + os.readlink(bytes(path)))
+            )
+        return _Found(None, "it is a symbolic link", _marker(b"link"))
+    name = _FILE_KINDS.get(kind, "of an unknown kind")
+    return _Found(None, f"it is not a regular file ({name})", _marker(name.encode()))
+
+
+def _failed(exc: OSError) -> _Found:
+    code = errno.errorcode.get(exc.errno or 0, "unknown")
+    return _Found(None, exc.strerror or code, _marker(b"error " + code.encode()))
+
+
+def _decode(path: Path, found: _Found) -> dict[str, Any] | None:
+    """The JSON object ``found`` holds, ``None`` if the file was absent; else CacheCorrupt."""
+    if found.problem is not None:
+        raise CacheCorrupt(path, found.problem, fingerprint=found.fingerprint)
+    if found.data is None:
+        return None
+    try:
+        data = json.loads(found.data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
+        raise CacheCorrupt(path, "not valid JSON", fingerprint=found.fingerprint) from exc
+    if not isinstance(data, dict):
+        raise CacheCorrupt(path, "not a JSON object", fingerprint=found.fingerprint)
+    return data
 
 
 #: reads a cache entry's JSON object into what it holds; :class:`CacheCorrupt` if it cannot
 Parser = Callable[[Mapping[str, Any], Path], object]
 
 
-class JsonCacheDir:
-    """One directory of ``<name>.json`` files, with atomic writes and cross-process locks."""
+def _quarantine_if_corrupt(
+    path: Path, found: _Found, parse: Parser | None, quarantine_dir: Path
+) -> None:
+    """Keep a copy of what ``found`` read from ``path`` if it cannot be read (before a replace).
 
-    def __init__(self, directory: Path, lock_dir: Path, quarantine_dir: Path) -> None:
+    The copy is of the bytes the bounded read took, so a symlink is never
+    followed, a FIFO never opened, and a huge file kept only in part.
+    """
+    try:
+        data = _decode(path, found)
+        if data is not None and parse is not None:
+            parse(data, path)
+    except CacheCorrupt:
+        if found.data is None:
+            return  # a FIFO, a symlink, a directory: nothing of its own to keep
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        # A copy that cannot be made must not stop the write that carries a new token.
+        with contextlib.suppress(CacheWriteError):
+            atomic_write(quarantine_dir / f"{path.name}.{stamp}.unreadable", found.data)
+
+
+# --------------------------------------------------------------------------- writes
+
+
+TEMPORARY_SUFFIX = ".tmp"
+#: ``.<target>.<writer pid>.<random>.tmp``, what :class:`PendingWrite` writes before the rename
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp")
+#: the space :meth:`JsonCacheDir.prepare` sets aside: more than any token file needs, so a
+#: full filesystem fails before the refresh token is spent, not after
+_RESERVE_BYTES = 16 * 1024
+
+
+class PendingWrite:
+    """One file's write, begun: its temporary file exists and its space is set aside.
+
+    Made by :meth:`JsonCacheDir.prepare` before the caller spends anything it
+    cannot get back. :meth:`commit` it once, or :meth:`discard` it; as a context
+    manager it is discarded on exit unless committed.
+    """
+
+    def __init__(self, path: Path, *, quarantine_dir: Path | None = None) -> None:
+        #: the file this write replaces
+        self.path = path
+        self._quarantine_dir = quarantine_dir
+        self._fd: int | None = None
+        self._tmp: Path | None = None
+        directory = path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The writer's pid in the name: a file left by a writer killed half-way
+            # (kill -9, power loss) is told apart from one being written (sweep_temporary).
+            fd, tmp = tempfile.mkstemp(
+                dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX
+            )
+        except OSError as exc:
+            raise CacheWriteError(path, exc) from exc
+        self._fd, self._tmp = fd, Path(tmp)
+        try:
+            os.posix_fallocate(fd, 0, _RESERVE_BYTES)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.discard()
+                raise CacheWriteError(path, exc) from exc
+            # a filesystem that cannot set space aside: the write itself will tell
+
+    def commit(
+        self, data: Mapping[str, Any], *, expected: Fingerprint | None, parse: Parser | None = None
+    ) -> Fingerprint:
+        """Replace :attr:`path` with ``data`` (0600, fsynced) and return its new fingerprint.
+
+        ``expected``: what the caller read; if the file holds anything else now
+        (another program wrote or deleted it), the write is dropped and
+        :class:`CacheChanged` raised. ``None`` replaces whatever is there.
+        ``parse``: what reads the entry; a file it (or JSON) refuses is copied to
+        the quarantine directory before it is replaced. The caller holds the
+        cross-process lock; botocore takes none, so a write of its landing between
+        this check and the rename is still lost, but that window is one rename
+        wide rather than one upstream call wide.
+
+        :class:`CacheWriteError` for any failure of the filesystem, the temporary
+        file removed. If it comes from the final directory fsync the new file is
+        already in place, though not yet durable.
+        """
+        raw = json.dumps(data, indent=None).encode("utf-8")
+        return self._commit(raw, expected=expected, parse=parse, mode=0o600)
+
+    def discard(self) -> None:
+        """Remove the temporary file; nothing is written. Safe to call more than once."""
+        fd, self._fd = self._fd, None
+        tmp, self._tmp = self._tmp, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _commit(
+        self, raw: bytes, *, expected: Fingerprint | None, parse: Parser | None, mode: int
+    ) -> Fingerprint:
+        fd, tmp = self._fd, self._tmp
+        if fd is None or tmp is None:
+            raise RuntimeError(f"the write of {self.path} was already committed or discarded")
+        try:
+            self._fd = None  # closed below whatever happens
+            try:
+                _write_all(fd, raw)
+                os.ftruncate(fd, len(raw))  # drop what prepare set aside beyond the data
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # One bounded read gives both what the compare needs and what the
+            # quarantine keeps; it never follows a symlink or opens a FIFO.
+            current = _read_bounded(self.path)
+            if expected is not None and current.fingerprint != expected:
+                raise CacheChanged(self.path)
+            if self._quarantine_dir is not None:
+                _quarantine_if_corrupt(self.path, current, parse, self._quarantine_dir)
+            # rename(2) replaces a symlink at the path itself, never the file it points to
+            os.replace(tmp, self.path)
+            self._tmp = None
+        except OSError as exc:
+            self.discard()
+            raise CacheWriteError(self.path, exc) from exc
+        except BaseException:
+            self.discard()
+            raise
+        try:
+            _fsync_directory(self.path.parent)
+        except OSError as exc:
+            raise CacheWriteError(self.path, exc) from exc
+        return Fingerprint(hashlib.sha256(raw).digest())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that no reader ever sees half a file.
+
+    The same write as a cache entry's (:class:`PendingWrite`): a temporary file
+    in the same directory (made 0600, then given ``mode``), fsync,
+    ``os.replace``, then the directory fsynced; a missing directory is made
+    0700. :class:`CacheWriteError` if it cannot be done, the temporary file
+    removed.
+    """
+    with PendingWrite(path) as pending:
+        pending._commit(data, expected=None, parse=None, mode=mode)
+
+
+class JsonCacheDir:
+    """One directory of ``<name>.json`` files, with atomic writes and cross-process locks.
+
+    ``rescue_dir`` (in credd's state directory, never an AWS one: ``aws sso logout``
+    would sweep it) holds copies of entries that could not be written here.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        lock_dir: Path,
+        quarantine_dir: Path,
+        rescue_dir: Path | None = None,
+    ) -> None:
         self.directory = directory
         self._lock_dir = lock_dir
         self._quarantine_dir = quarantine_dir
+        self._rescue_dir = rescue_dir
         self._local_locks: dict[str, anyio.Lock] = {}
 
     def path(self, name: str) -> Path:
@@ -124,39 +466,88 @@ class JsonCacheDir:
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The parsed object, ``None`` when absent; :class:`CacheCorrupt` when unreadable."""
+        return self.read_entry(name)[0]
+
+    def read_entry(self, name: str) -> tuple[dict[str, Any] | None, Fingerprint]:
+        """The parsed object (``None`` when absent) and the fingerprint of what was read.
+
+        :class:`CacheCorrupt` when unreadable, its ``fingerprint`` set.
+        """
         path = self.path(name)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CacheCorrupt(path, exc.strerror or str(exc)) from exc
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
-            raise CacheCorrupt(path, "not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise CacheCorrupt(path, "not a JSON object")
-        return data
+        found = _read_bounded(path)
+        return _decode(path, found), found.fingerprint
+
+    def fingerprint(self, name: str) -> Fingerprint:
+        """What ``name`` holds now, as :meth:`read_entry` would fingerprint it; never raises."""
+        return _read_bounded(self.path(name)).fingerprint
 
     def mtime(self, name: str) -> float | None:
         try:
-            return self.path(name).stat().st_mtime
+            # lstat: the link's own time, and nothing at the far end of a link is ever read
+            return os.lstat(self.path(name)).st_mtime
         except OSError:
             return None
 
-    def write(self, name: str, data: Mapping[str, Any], *, parse: Parser | None = None) -> None:
+    def prepare(self, name: str) -> PendingWrite:
+        """Begin a write of ``name``: :class:`CacheWriteError` now if it cannot be done."""
+        return PendingWrite(self.path(name), quarantine_dir=self._quarantine_dir)
+
+    def write(
+        self, name: str, data: Mapping[str, Any], *, parse: Parser | None = None
+    ) -> Fingerprint:
         """Atomically replace ``name`` (mode 0600), keeping a copy of an unreadable original.
 
         ``parse``: what reads the entry (raising :class:`CacheCorrupt`); a JSON object
         it refuses is as unreadable as a file that is not JSON at all.
         """
-        self._quarantine_if_corrupt(name, parse)
-        atomic_write(self.path(name), json.dumps(data, indent=None).encode("utf-8"))
+        with self.prepare(name) as pending:
+            return pending.commit(data, expected=None, parse=parse)
+
+    def rescue(self, name: str, data: Mapping[str, Any]) -> Path | None:
+        """Keep ``data`` as a 0600 copy in the rescue directory; its path, or ``None`` if not.
+
+        For an entry that cannot be written to the cache: a restarted daemon
+        finds it with :meth:`rescued`. Never raises: a rescue is the last resort.
+        """
+        if self._rescue_dir is None:
+            return None
+        target = self._rescue_dir / f"{name}.json"
+        try:
+            self._rescue_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # credd's own directory and it holds refresh tokens: 0700 even if made looser
+            with contextlib.suppress(OSError):
+                self._rescue_dir.chmod(0o700)
+            atomic_write(target, json.dumps(data, indent=None).encode("utf-8"))
+        except (OSError, CacheWriteError):
+            return None
+        return target
+
+    def rescued(self, name: str) -> dict[str, Any] | None:
+        """The rescue copy of ``name``, ``None`` if there is none or it cannot be read."""
+        if self._rescue_dir is None:
+            return None
+        path = self._rescue_dir / f"{name}.json"
+        try:
+            return _decode(path, _read_bounded(path))
+        except CacheCorrupt:
+            return None  # a copy that cannot be read rescues nothing; left for a human
+
+    def discard_rescue(self, name: str) -> bool:
+        """Remove the rescue copy of ``name`` (once the cache holds it); whether there was one."""
+        if self._rescue_dir is None:
+            return False
+        try:
+            (self._rescue_dir / f"{name}.json").unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def sweep_temporary(self) -> list[str]:
         """Remove temporary files a killed writer left here (:func:`sweep_temporary`)."""
-        return sweep_temporary(self.directory)
+        removed = sweep_temporary(self.directory)
+        if self._rescue_dir is not None:
+            removed += sweep_temporary(self._rescue_dir)
+        return removed
 
     def delete(self, name: str) -> bool:
         try:
@@ -165,20 +556,6 @@ class JsonCacheDir:
             return False
         _fsync_directory(self.directory)
         return True
-
-    def _quarantine_if_corrupt(self, name: str, parse: Parser | None) -> None:
-        try:
-            data = self.read(name)
-            if data is not None and parse is not None:
-                parse(data, self.path(name))
-        except CacheCorrupt:
-            path = self.path(name)
-            self._quarantine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            with contextlib.suppress(OSError):
-                target = self._quarantine_dir / f"{path.name}.{stamp}.unreadable"
-                target.write_bytes(path.read_bytes())
-                target.chmod(0o600)
 
     @contextlib.asynccontextmanager
     async def lock(
@@ -208,7 +585,7 @@ class JsonCacheDir:
 
 
 def sweep_temporary(directory: Path) -> list[str]:
-    """Remove what :func:`atomic_write` left in ``directory`` when its writer was killed.
+    """Remove what :class:`PendingWrite` left in ``directory`` when its writer was killed.
 
     A temporary file holds a whole or half token, and tools that read every
     file of a cache directory (``aws sso logout``) would find it; the target
@@ -256,7 +633,7 @@ def _try_flock(fd: int) -> bool:
 
 
 def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -285,13 +662,61 @@ class TokenCache(abc.ABC, Generic[TokenT]):
     def _parse(self, data: Mapping[str, Any], path: Path) -> TokenT:
         """The token in ``data``; :class:`CacheCorrupt` (naming ``path``) if there is none."""
 
-    def load_token(self, key: str) -> TokenT | None:
-        name = self.token_name(key)
-        data = self.files.read(name)
-        return None if data is None else self._parse(data, self.files.path(name))
+    def parse(self, data: Mapping[str, Any], path: Path) -> TokenT:
+        """The token in ``data``, read for ``path``; :class:`CacheCorrupt` if there is none."""
+        return self._parse(data, path)
 
-    def save_token(self, key: str, token: TokenT) -> None:
-        self.files.write(self.token_name(key), token.to_json(), parse=self._parse)
+    def load_token(self, key: str) -> TokenT | None:
+        return self.load_entry(key)[0]
+
+    def load_entry(self, key: str) -> tuple[TokenT | None, Fingerprint]:
+        """The token (``None`` when absent) and the fingerprint of the file it came from.
+
+        :class:`CacheCorrupt` when unreadable, its ``fingerprint`` set, whether the
+        bytes are not JSON or hold no token.
+        """
+        name = self.token_name(key)
+        data, fingerprint = self.files.read_entry(name)
+        if data is None:
+            return None, fingerprint
+        try:
+            return self._parse(data, self.files.path(name)), fingerprint
+        except CacheCorrupt as exc:
+            exc.fingerprint = fingerprint
+            raise
+
+    def save_token(self, key: str, token: TokenT) -> Fingerprint:
+        """Write ``token`` whatever the file holds now (a new login; :meth:`commit` otherwise)."""
+        with self.prepare(key) as pending:
+            return self.commit(pending, token, expected=None)
+
+    def prepare(self, key: str) -> PendingWrite:
+        """Begin the write of ``key``'s token before a refresh spends the old one."""
+        return self.files.prepare(self.token_name(key))
+
+    def commit(
+        self, pending: PendingWrite, token: TokenT, *, expected: Fingerprint | None
+    ) -> Fingerprint:
+        """:meth:`PendingWrite.commit` of ``token``; an unreadable original is kept aside."""
+        return pending.commit(token.to_json(), expected=expected, parse=self._parse)
+
+    def rescue(self, key: str, token: TokenT) -> Path | None:
+        """A 0600 copy of a token that could not be written (:meth:`JsonCacheDir.rescue`)."""
+        return self.files.rescue(self.token_name(key), token.to_json())
+
+    def load_rescue(self, key: str) -> TokenT | None:
+        """The rescued token of ``key``, ``None`` if there is none that reads."""
+        name = self.token_name(key)
+        data = self.files.rescued(name)
+        if data is None:
+            return None
+        try:
+            return self._parse(data, self.files.path(name))
+        except CacheCorrupt:
+            return None
+
+    def discard_rescue(self, key: str) -> bool:
+        return self.files.discard_rescue(self.token_name(key))
 
     def delete_token(self, key: str) -> bool:
         return self.files.delete(self.token_name(key))
