@@ -61,7 +61,7 @@ POLL_SECONDS = 0.01
 #: ``credd ...`` as a command line (the interpreter running the benchmark, not PATH's)
 CREDD = (sys.executable, "-c", "from credd.cli import main; main()")
 
-#: as ``aws configure sso`` writes it (tests/conftest.py AWS_CONFIG, without the chain)
+#: as ``aws configure sso`` writes it (tests/support/configs.py AWS_CONFIG, without the chain)
 AWS_CONFIG = f"""\
 [sso-session {SESSION}]
 sso_start_url = {START_URL}

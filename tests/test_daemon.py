@@ -18,8 +18,10 @@ from credd.clock import ManualClock
 from credd.daemon import DaemonHandle, running_daemon
 from credd.files.store import sha1_name
 from credd.testing.emulator import Emulator
-from tests.conftest import ACCOUNT, START_URL, Home
-from tests.helpers import RecordingUI, eventually, get, login, sdk_identity
+from tests.support.configs import ACCOUNT, START_URL
+from tests.support.home import Home
+from tests.support.inprocess import RecordingUI, get, login, sdk_identity
+from tests.support.waiting import eventually
 
 
 def served_key(daemon: DaemonHandle, name: str) -> str | None:
@@ -318,6 +320,7 @@ async def test_prefetch_at_start_and_idle_profiles_stop_renewing(
         # nobody asks for admin for longer than the idle timeout: it is no longer
         # renewed, while the prefetched dev is
         clock.advance(3700)
+        await eventually(lambda: emu.calls["GetRoleCredentials"] >= 2)  # dev renewed
         await eventually(lambda: profile_state(daemon, "admin") in {"idle", "cold"})
         assume_roles = emu.calls["AssumeRole"]  # renewed while in use, then no more
         clock.advance(3700)

@@ -10,14 +10,16 @@ import pytest
 
 from credd.clock import ManualClock
 from credd.config.settings import SsoSessionSpec
-from credd.daemon import aws_clients, sso_cache
 from credd.errors import LoginError
 from credd.files.store import registration_cache_name
 from credd.sessions.sso_login import LoginOptions, SsoLogin
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.config import EmulatorConfig
-from tests.conftest import START_URL, Home
-from tests.helpers import RecordingUI, eventually, login
+from credd.wiring import aws_clients, sso_cache
+from tests.support.configs import START_URL
+from tests.support.home import Home
+from tests.support.inprocess import RecordingUI, login
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

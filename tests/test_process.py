@@ -18,7 +18,6 @@ import shlex
 import shutil
 import signal
 import sys
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ from typing import Any
 import anyio
 import pytest
 
-from credd.files.store import sha1_name
-from credd.testing.emulator import Emulator
-from tests.conftest import ACCOUNT, AWS_CONFIG, START_URL, Home
-from tests.process_helpers import (
+from tests.support.configs import ACCOUNT, AWS_CONFIG, LISTEN_ANY_PORT, START_URL
+from tests.support.home import Home
+from tests.support.process import (
     CREDD,
     NODE_DIR,
     WHOAMI,
@@ -38,7 +36,6 @@ from tests.process_helpers import (
     caller_identity,
     command_line,
     credd,
-    eventually,
     is_owner_only,
     issued_secrets,
     log_paths,
@@ -48,39 +45,14 @@ from tests.process_helpers import (
     status_json,
     token_file,
 )
+from tests.support.waiting import eventually
+from tests.support.world import World
 
-LISTEN_ANY_PORT = '[server]\nlisten = "127.0.0.1:0"\n'
 AWS_CLI = Path(sys.executable).parent / "aws"
 SSO_ROLE_ARN = re.compile(
     rf"^arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_ReadOnly_[0-9a-f]{{16}}/alice$"
 )
 ADMIN_ARN = "arn:aws:sts::222222222222:assumed-role/Admin/credd-test"
-
-
-@dataclass
-class World:
-    """A private HOME with the standard AWS config, the emulator, and credd's environment."""
-
-    home: Home
-    emu: Emulator
-    env: dict[str, str]
-    logs: Path
-
-    @property
-    def cache_file(self) -> Path:
-        return self.home.root / ".aws" / "sso" / "cache" / f"{sha1_name('my-sso')}.json"
-
-    def serving(self, *args: str, name: str = "serve") -> AbstractAsyncContextManager[Daemon]:
-        return serving(self.env, self.logs, *args, name=name)
-
-
-@pytest.fixture
-def world(home: Home, emulator: object, tmp_path: Path) -> World:
-    assert isinstance(emulator, Emulator)
-    home.write_aws_config()
-    home.write_credd_config(LISTEN_ANY_PORT)
-    # os.environ as the fixtures left it: HOME, XDG_RUNTIME_DIR, BROWSER, AWS_ENDPOINT_URL
-    return World(home=home, emu=emulator, env=dict(os.environ), logs=tmp_path / "logs")
 
 
 async def served_keys(daemon: Daemon, profile: str) -> dict[str, Any]:

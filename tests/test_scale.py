@@ -20,8 +20,10 @@ from credd.botodata import ENDPOINT_PREFIXES, DataLoader, endpoints_for
 from credd.clock import ManualClock
 from credd.daemon import running_daemon
 from credd.testing.emulator import Emulator
-from tests.conftest import ACCOUNT, START_URL, Home
-from tests.helpers import eventually, get, login
+from tests.support.configs import ACCOUNT, START_URL
+from tests.support.home import Home
+from tests.support.inprocess import get, login
+from tests.support.waiting import eventually
 
 ENDPOINTS = Path(botocore.__file__).parent / "data" / "endpoints.json"
 

@@ -17,9 +17,7 @@ import logging
 import os
 import stat
 import textwrap
-from collections.abc import AsyncIterator
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ from cryptography.hazmat.primitives import serialization
 
 from credd import cli
 from credd.clock import ManualClock
-from credd.config.settings import DEFAULT_SIGNIN_REGION, SigninProfile, SigninSessionSpec
-from credd.config.writer import inspect_profile, write_login_session
-from credd.daemon import DaemonHandle, aws_clients, login_cache, running_daemon
+from credd.config.settings import SigninProfile, SigninSessionSpec
+from credd.config.writer import write_login_session
+from credd.daemon import DaemonHandle, running_daemon
 from credd.errors import LoginError, LoginRequired, UpstreamError
 from credd.files.store import LoginToken, sha256_name
 from credd.sessions import SessionState
@@ -52,114 +50,37 @@ from credd.sessions.signin_login import (
     SAME_DEVICE_CLIENT,
     SigninLogin,
     SigninLoginOptions,
-    SigninResult,
     SigninTarget,
     parse_verification_code,
 )
 from credd.testing.emulator import Emulator
-from credd.testing.emulator.config import EmulatorConfig
+from credd.testing.emulator.clients import aws_client
 from credd.testing.emulator.dpop import ProofError, verify_proof
-from tests.conftest import Home
-from tests.helpers import RecordingUI, eventually, get, sdk_identity
+from credd.wiring import aws_clients, login_cache
+from tests.support.configs import ACCOUNT, USER_ARN
+from tests.support.configs import SIGNIN_CONFIG as AWS_CONFIG
+from tests.support.home import Home
+from tests.support.inprocess import RecordingUI, get, sdk_identity
+from tests.support.signin import (
+    Dpop,
+    authorize,
+    authorize_url,
+    new_verifier,
+    redeem,
+    signin_login,
+)
+from tests.support.waiting import eventually
+from tests.support.world import World
 
-USER_ARN = "arn:aws:iam::111111111111:user/alice"
-ACCOUNT = "111111111111"
 ADMIN_ARN = "arn:aws:sts::222222222222:assumed-role/Admin/credd-console"
 LIFETIME = 900
 
-#: as a user might have it before `credd login console --signin`: comments, another profile
-AWS_CONFIG = """\
-# my AWS config
-[profile other]
-region = eu-west-1
-; a comment in other
-
-[profile console]
-# credd login console --signin fills this in
-output = json
-
-[profile console-admin]
-role_arn = arn:aws:iam::222222222222:role/Admin
-source_profile = console
-role_session_name = credd-console
-duration_seconds = 3600
-"""
-
-
-@dataclass
-class World:
-    home: Home
-    emu: Emulator
-    clock: ManualClock
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.home.root / ".aws" / "login" / "cache"
-
-    def cache_path(self, session: str = USER_ARN) -> Path:
-        return self.cache_dir / f"{sha256_name(session)}.json"
-
-    def cached(self, session: str = USER_ARN) -> dict[str, Any]:
-        path = self.cache_path(session)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-
 
 @pytest.fixture
-async def world(home: Home, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
-    clock = ManualClock(datetime.now(UTC))
-    config = EmulatorConfig(poll_interval=0, max_clock_skew=None)
-    async with Emulator(clock, config=config).running() as emu:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
-        home.write_aws_config(AWS_CONFIG)
-        home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
-        yield World(home, emu, clock)
-
-
-class ConfirmationPage:
-    """The user on another device: opens the URL, reads the code the page shows, pastes it."""
-
-    def __init__(self, ui: RecordingUI) -> None:
-        self._ui = ui
-        self.pasted: list[str] = []
-
-    async def __call__(self) -> str:
-        url, _ = self._ui.prompts[-1]
-        async with aiohttp.ClientSession() as http, http.get(url) as page:
-            assert page.status == 200, await page.text()
-            text = await page.text()
-        code = text.split('id="verification-code">', 1)[1].split("<", 1)[0]
-        self.pasted.append(code)
-        return f"  {code}  \n"
-
-
-async def signin_login(
-    world: World,
-    profile: str = "console",
-    *,
-    remote: bool = False,
-    ui: RecordingUI | None = None,
-) -> SigninResult:
-    """``credd login PROFILE --signin [--remote]`` in process: the login, then the profile."""
-    settings = world.home.settings()
-    paths = settings.paths
-    before = inspect_profile(paths.aws_config_file, paths.aws_credentials_file, profile)
-    region = before.region or DEFAULT_SIGNIN_REGION
-    ui = ui or RecordingUI()
-    result = await SigninLogin(
-        SigninTarget(profile, region, profile if before.exists else None),
-        cache=login_cache(settings),
-        clients=aws_clients(settings),
-        clock=world.clock,
-        ui=ui,
-        options=SigninLoginOptions(remote=remote),
-        read_code=ConfirmationPage(ui) if remote else None,
-    ).run()
-    write_login_session(
-        paths.aws_config_file, profile, result.login_session, None if before.region else region
-    )
-    return result
+def world(home: Home, clocked: tuple[Emulator, ManualClock]) -> World:
+    emu, _ = clocked
+    home.write_aws_config(AWS_CONFIG)
+    return World(home, emu)
 
 
 async def reload(daemon: DaemonHandle) -> None:
@@ -558,15 +479,6 @@ def cli_cache(world: World, token: dict[str, Any], key_pem: str, expires_at: dat
 
 async def aws_login(world: World) -> tuple[dict[str, Any], str]:
     """What ``aws login`` does, with a key of its own: the browser step and the code exchange."""
-    from credd.testing.emulator.clients import aws_client
-    from tests.testing.test_emulator_signin import (
-        Dpop,
-        authorize,
-        authorize_url,
-        new_verifier,
-        redeem,
-    )
-
     dpop = Dpop(world.clock)
     verifier = new_verifier()
     code = (await authorize(authorize_url(world.emu, verifier)))["code"]

@@ -11,37 +11,34 @@ The emulator runs on the real clock here: nothing waits for a lifetime.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
 
-from credd.files.store import sha256_name
 from credd.sessions.dpop import DpopKey
 from credd.testing.emulator import Emulator
-from tests.conftest import Home
-from tests.process_helpers import (
+from tests.support.configs import ACCOUNT, USER_ARN
+from tests.support.home import Home
+from tests.support.process import (
     COMMAND_DEADLINE,
     CREDD,
     NODE_DIR,
     WHOAMI,
     caller_identity,
     credd,
-    eventually,
     log_paths,
     serving,
     status_json,
 )
+from tests.support.waiting import eventually
+from tests.support.world import World
 
-USER_ARN = "arn:aws:iam::111111111111:user/alice"
-ACCOUNT = "111111111111"
 AWS_CONFIG = """\
 # profiles of mine
 [profile console]
@@ -54,29 +51,12 @@ role_session_name = credd-console
 """
 
 
-class World:
-    def __init__(self, home: Home, emu: Emulator, logs: Path) -> None:
-        self.home = home
-        self.emu = emu
-        self.logs = logs
-        # os.environ as the fixtures left it: HOME, XDG_RUNTIME_DIR, BROWSER, AWS_ENDPOINT_URL
-        self.env = dict(os.environ)
-
-    @property
-    def cache_file(self) -> Path:
-        return self.home.root / ".aws" / "login" / "cache" / f"{sha256_name(USER_ARN)}.json"
-
-    def cached(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.cache_file.read_text())
-        return data
-
-
 @pytest.fixture
-def world(home: Home, emulator: object, tmp_path: Path) -> World:
+def world(home: Home, emulator: object) -> World:
     assert isinstance(emulator, Emulator)
     home.write_aws_config(AWS_CONFIG)
     home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
-    return World(home, emulator, tmp_path / "logs")
+    return World(home, emulator)
 
 
 async def signin(world: World, *args: str) -> str:
@@ -239,7 +219,7 @@ async def test_logout_forgets_the_session_and_the_daemon_stops_serving_it(world:
         assert (await daemon.get("/v1/credentials/console")).status == 200
         result = await credd(world.env, "logout", "console")
         assert result.returncode == 0, str(result)
-        assert not world.cache_file.exists()
+        assert not world.cache_path().exists()
         answer = await daemon.get("/v1/credentials/console")
         assert answer.status == 503, answer.text
         assert "credd login console --signin" in answer.json()["message"]
@@ -251,7 +231,7 @@ async def test_logout_forgets_the_session_and_the_daemon_stops_serving_it(world:
         assert f"Logged in to profile console as {USER_ARN}" in again.stderr
         assert (await daemon.get("/v1/credentials/console-admin")).status == 200
         assert (await credd(world.env, "logout", USER_ARN)).returncode == 0  # by its ARN too
-        assert not world.cache_file.exists()
+        assert not world.cache_path().exists()
     offline = await status_json(world.env)
     session = next(s for s in offline["sessions"] if s["name"] == USER_ARN)
     assert session["state"] == "login-required"
@@ -311,4 +291,4 @@ async def test_a_refused_signin_login_says_why_in_one_line(
     assert [line for line in lines if line.startswith("credd:")] == [lines[-1]], str(result)
     assert lines[-1].startswith(f"credd: {says}"), str(result)
     assert world.home.aws_config.read_text() == AWS_CONFIG  # no login_session written
-    assert not world.cache_file.exists()
+    assert not world.cache_path().exists()

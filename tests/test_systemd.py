@@ -1,7 +1,7 @@
 """``credd serve`` as systemd runs it: sd_notify, the watchdog, SIGHUP, SIGTERM,
 socket activation, the desktop and the journal, each checked from outside.
 
-credd runs as a subprocess against the emulator (tests/process_helpers.py).
+credd runs as a subprocess against the emulator (tests/support/process.py).
 ``$NOTIFY_SOCKET`` is a real AF_UNIX datagram socket bound by the test and read
 by a thread of its own: the kernel queues only ``net.unix.max_dgram_qlen``
 (often 10) datagrams, and credd's blocking ``sendto`` would stall its event
@@ -31,11 +31,9 @@ import anyio
 import pytest
 from anyio.abc import Process, SocketAttribute
 
-from credd.clock import SystemClock
-from credd.testing.emulator import Emulator
-from tests import helpers
-from tests.conftest import ACCOUNT, AWS_CONFIG, Home
-from tests.process_helpers import (
+from tests.support.configs import ACCOUNT, AWS_CONFIG, LISTEN_ANY_PORT
+from tests.support.home import Home
+from tests.support.process import (
     CREDD,
     READY_DEADLINE,
     STOP_DEADLINE,
@@ -43,16 +41,16 @@ from tests.process_helpers import (
     Daemon,
     address_file,
     credd,
-    eventually,
     http_get,
     log_paths,
     serving,
     stop_process,
     token_file,
 )
-from tests.test_systemd_units import directives, installed_credd, systemd_tool
+from tests.support.systemd import directives, installed_credd, systemd_tool
+from tests.support.waiting import eventually
+from tests.support.world import World
 
-LISTEN_ANY_PORT = '[server]\nlisten = "127.0.0.1:0"\n'
 #: what systemd would pass for WatchdogSec=0.2: credd pings every 0.1 s
 WATCHDOG_USEC = "200000"
 #: how long the emulator holds a call that requests wait on: long enough to see them in
@@ -150,36 +148,7 @@ def notifications() -> Iterator[Notifications]:
             notes.close()
 
 
-# ------------------------------------------------------------------------------ the world
-
-
-@dataclass
-class World:
-    """A private HOME with the standard AWS config, the emulator, and credd's environment."""
-
-    home: Home
-    emu: Emulator
-    env: dict[str, str]
-    logs: Path
-
-    def write_aws_config(self, text: str) -> None:
-        # a new inode: what an editor's atomic save does; credd must re-read it on SIGHUP
-        tmp = self.home.aws_config.with_suffix(".new")
-        tmp.write_text(text)
-        tmp.replace(self.home.aws_config)
-
-    async def login(self) -> None:
-        """``credd login my-sso`` in this process; ``$BROWSER`` (the headless shim) approves."""
-        await helpers.login(self.home.settings(), SystemClock())
-
-
-@pytest.fixture
-def world(home: Home, emulator: object, tmp_path: Path) -> World:
-    assert isinstance(emulator, Emulator)
-    home.write_aws_config()
-    home.write_credd_config(LISTEN_ANY_PORT)
-    # os.environ as the fixtures left it: HOME, XDG_RUNTIME_DIR, BROWSER, AWS_ENDPOINT_URL
-    return World(home=home, emu=emulator, env=dict(os.environ), logs=tmp_path / "logs")
+# ------------------------------------------------------------------ systemd's environment
 
 
 def notified_env(world: World, notes: Notifications) -> dict[str, str]:
@@ -195,7 +164,7 @@ async def notified_serving(
 ) -> AsyncIterator[Daemon]:
     """``credd serve`` under ``$NOTIFY_SOCKET``, ready when it says ``READY=1`` (not before).
 
-    Unlike :func:`tests.process_helpers.serving`, which polls the endpoint, this
+    Unlike :func:`tests.support.process.serving`, which polls the endpoint, this
     waits for the notification alone and then checks, at once, that the
     endpoint answers: READY=1 must never come before the endpoint is up.
     """

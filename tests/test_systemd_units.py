@@ -17,7 +17,6 @@ import logging
 import os
 import secrets
 import shlex
-import shutil
 import socket
 import stat
 import subprocess
@@ -41,7 +40,8 @@ from credd.platform.systemd import (
     listen_sockets,
     watchdog_interval,
 )
-from tests.conftest import Home
+from tests.support.home import Home
+from tests.support.systemd import directives, installed_credd, systemd_tool
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_TEMPLATES = REPO / "credd" / "platform" / "units"
@@ -251,18 +251,6 @@ def settings_listening_on(home: Home, listen: str) -> Settings:
     return home.settings()
 
 
-def directives(text: str, key: str) -> list[str]:
-    return [line.partition("=")[2] for line in text.splitlines() if line.startswith(f"{key}=")]
-
-
-def installed_credd() -> list[str]:
-    """What ExecStart must start, worked out independently of service.credd_command."""
-    script = Path(sys.executable).parent / "credd"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "credd.cli"]
-
-
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [("127.0.0.1:9911", "127.0.0.1:9911"), ("[::1]:9912", "[::1]:9912"), ("localhost:8000", None)],
@@ -359,22 +347,6 @@ def verify_units(directory: Path) -> list[str]:
     if done.returncode != 0 and not problems:
         problems.append(f"systemd-analyze verify exited with {done.returncode}")
     return problems
-
-
-def systemd_tool(name: str) -> str:
-    """The path of a systemd tool; skipped where it is missing, but never in CI.
-
-    Debian and Ubuntu ship systemd-analyze and systemd-socket-activate in the
-    ``systemd`` package, which CI must install (.ci/run); with ``$CI`` set, a
-    missing tool fails here rather than going green without having checked anything.
-    """
-    path = shutil.which(name)
-    if path is None:
-        missing = f"{name} is not installed (Debian/Ubuntu: apt-get install -y systemd)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    return path
 
 
 def render_units(directory: Path, settings: Settings, command: list[str]) -> Path:

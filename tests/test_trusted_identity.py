@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from botocore.config import Config
 from credd.aws import SigningKeys
 from credd.clock import ManualClock
 from credd.config.settings import Settings, TrustedIdentitySpec
-from credd.daemon import DaemonHandle, aws_clients, running_daemon, trusted_identity_cache
+from credd.daemon import DaemonHandle, running_daemon
 from credd.errors import AssertionRequired, ConfigError, LoginError
 from credd.profiles import source_keys
 from credd.sessions import SessionStatus
@@ -35,7 +34,6 @@ from credd.sessions.iam_login import login_trusted_identity
 from credd.sessions.iam_tokens import IamToken
 from credd.sessions.loopback import LoginOptions
 from credd.testing.emulator import (
-    AccessKey,
     Application,
     Emulator,
     EmulatorConfig,
@@ -46,76 +44,22 @@ from credd.testing.emulator.iam_token import user_uuid
 from credd.testing.emulator.identity_center import DEFAULT_APPLICATION_ARN
 from credd.testing.emulator.oauth import AUTH_CODE_GRANT, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT
 from credd.testing.emulator.state import TemporaryCredentials
-from tests.conftest import AWS_CONFIG, Home
-from tests.helpers import (
-    RecordingUI,
-    eventually,
-    get,
-    login,
-    sdk_identity,
-    static_keys_profile,
-)
+from credd.wiring import aws_clients, trusted_identity_cache
+from tests.support.configs import credd_profile
+from tests.support.home import Home
+from tests.support.inprocess import RecordingUI, get, login, sdk_identity
+from tests.support.waiting import eventually
+from tests.support.world import World
 
 APP = DEFAULT_APPLICATION_ARN
 #: an application without the refresh_token grant: every renewal is the grant again
 NO_REFRESH_APP = (
     "arn:aws:sso::111111111111:application/ssoins-1111111111111111/apl-6666666666666666"
 )
-ROLE = "arn:aws:iam::111111111111:role/Analyst"
 ANALYST_ARN = "arn:aws:sts::111111111111:assumed-role/Analyst/credd-analyst"
 
 
 # --------------------------------------------------------------------------- the world
-
-
-@dataclass
-class World:
-    home: Home
-    emu: Emulator
-    clock: ManualClock
-    keys: AccessKey
-
-    @property
-    def assertion_file(self) -> Path:
-        return self.home.root / "idp" / "jwt"
-
-    def write_assertion(self, lifetime: int = 300) -> str:
-        """A fresh assertion from the test IdP, written the way a tool would: atomically."""
-        assertion = self.emu.issuer.mint(sub="alice@example.com", lifetime=lifetime)
-        self.assertion_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.assertion_file.with_suffix(".tmp")
-        tmp.write_text(assertion + "\n")
-        os.replace(tmp, self.assertion_file)
-        return assertion
-
-    def configure(self, profile: str, *, name: str = "analyst", **keys: str) -> Settings:
-        """The AWS config (with static keys ``app-iam``) and one ``[profiles.NAME]``."""
-        self.home.write_aws_config(AWS_CONFIG + static_keys_profile(self.keys))
-        self.home.write_credd_config(
-            '[server]\nlisten = "127.0.0.1:0"\n\n' + credd_profile(profile, name=name, **keys)
-        )
-        return self.home.settings()
-
-
-def credd_profile(grant: str, *, name: str = "analyst", **keys: str) -> str:
-    """A ``[profiles.NAME]`` table: the README's example, changed by ``keys`` ("" drops one)."""
-    table = {
-        "type": "create-token-with-iam",
-        "client_id": APP,
-        "sso_region": "us-east-1",
-        "source_profile": "app-iam",
-        "grant_type": grant,
-        "scopes": '["openid", "sts:identity_context"]',
-        "role_arn": ROLE,
-        "role_session_name": "credd-analyst",
-        **keys,
-    }
-    lines = [f"[profiles.{name}]"]
-    for key, value in table.items():
-        if value:
-            shown = value if value.startswith(("[", "{")) or value.isdigit() else f'"{value}"'
-            lines.append(f"{key} = {shown}")
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -137,7 +81,7 @@ async def world(home: Home, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Wo
     config = EmulatorConfig(poll_interval=0, max_clock_skew=None)
     async with Emulator(clock, config=config, directory=directory).running() as emu:
         monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
-        yield World(home, emu, clock, emu.create_access_key("app-server"))
+        yield World(home, emu)
 
 
 def session_status(daemon: DaemonHandle, name: str = "analyst") -> SessionStatus:

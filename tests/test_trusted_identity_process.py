@@ -10,22 +10,20 @@ puts in its environment. Nothing here waits for a lifetime to pass.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from credd.testing.emulator import AccessKey, Emulator
+from credd.testing.emulator import Emulator
 from credd.testing.emulator.iam_token import user_uuid
 from credd.testing.emulator.identity_center import DEFAULT_APPLICATION_ARN
 from credd.testing.emulator.state import TemporaryCredentials
-from tests.conftest import AWS_CONFIG, Home
-from tests.helpers import static_keys_profile
-from tests.process_helpers import WHOAMI, credd, issued_secrets, login, serving
-from tests.test_process import World as ProcessWorld
+from tests.support.configs import AWS_CONFIG, static_keys_profile
+from tests.support.home import Home
+from tests.support.process import WHOAMI, credd, issued_secrets, login, serving
+from tests.support.world import World
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -53,32 +51,17 @@ def readme_profile(jwt: Path, **changes: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class World(ProcessWorld):
-    """The process tests' world, with static IAM keys (``app-iam``) and an IdP's file."""
-
-    keys: AccessKey
-
-    @property
-    def assertion_file(self) -> Path:
-        return self.home.root / "idp" / "jwt"
-
-    def write_assertion(self) -> str:
-        assertion = self.emu.issuer.mint(sub="alice@example.com", lifetime=600)
-        self.assertion_file.parent.mkdir(parents=True, exist_ok=True)
-        self.assertion_file.write_text(assertion)
-        return assertion
-
-    def configure(self, **changes: str) -> None:
-        self.home.write_credd_config(readme_profile(self.assertion_file, **changes))
+def configure(world: World, **changes: str) -> None:
+    """credd's config: the README's example, changed by ``changes``."""
+    world.home.write_credd_config(readme_profile(world.assertion_file, **changes))
 
 
 @pytest.fixture
-def world(home: Home, emulator: object, tmp_path: Path) -> World:
+def world(home: Home, emulator: object) -> World:
     assert isinstance(emulator, Emulator)
-    keys = emulator.create_access_key("app-server")
-    home.write_aws_config(AWS_CONFIG + static_keys_profile(keys))
-    return World(home, emulator, dict(os.environ), tmp_path / "logs", keys)
+    world = World(home, emulator)
+    home.write_aws_config(AWS_CONFIG + static_keys_profile(world.keys))
+    return world
 
 
 def identity_context_user(emu: Emulator, key: str) -> str | None:
@@ -97,7 +80,7 @@ async def whoami(env: dict[str, str], profile: str = "analyst") -> dict[str, Any
 async def test_the_readme_example_end_to_end(world: World) -> None:
     emu = world.emu
     assertion = world.write_assertion()
-    world.configure()
+    configure(world)
     async with world.serving() as daemon:
         seen = await whoami(world.env)
         assert seen["method"] == "container-role"
@@ -134,7 +117,7 @@ async def test_the_readme_example_end_to_end(world: World) -> None:
 
 
 async def test_authorization_code_login_token_and_logout(world: World) -> None:
-    world.configure(grant_type='"authorization_code"', assertion_file="")
+    configure(world, grant_type='"authorization_code"', assertion_file="")
     async with world.serving():
         before = await credd(world.env, "token", "analyst")
         assert before.returncode == 1
@@ -167,7 +150,8 @@ async def test_token_exchange_signed_by_the_environment(world: World) -> None:
         "AWS_ACCESS_KEY_ID": world.keys.access_key_id,
         "AWS_SECRET_ACCESS_KEY": world.keys.secret_access_key.reveal(),
     }
-    world.configure(
+    configure(
+        world,
         grant_type=f'"{TOKEN_EXCHANGE}"',
         assertion_file="",
         subject_session='"my-sso"',
@@ -184,7 +168,7 @@ async def test_token_exchange_signed_by_the_environment(world: World) -> None:
 
 async def test_a_bearer_only_profile_is_not_for_sdks(world: World) -> None:
     world.write_assertion()
-    world.configure(role_arn="", role_session_name="", duration_seconds="", region="")
+    configure(world, role_arn="", role_session_name="", duration_seconds="", region="")
     async with world.serving():
         token = await credd(world.env, "token", "analyst")
         assert token.returncode == 0, str(token)
@@ -195,7 +179,7 @@ async def test_a_bearer_only_profile_is_not_for_sdks(world: World) -> None:
 
 
 async def test_an_invalid_profile_is_one_line_naming_file_line_and_key(world: World) -> None:
-    world.configure(assertion_file="")
+    configure(world, assertion_file="")
     result = await credd(world.env, "status")
     assert result.returncode == 2
     text = world.home.credd_config.read_text()
@@ -208,7 +192,7 @@ async def test_an_invalid_profile_is_one_line_naming_file_line_and_key(world: Wo
 
 async def test_commands_that_do_not_apply_say_so_in_one_line(world: World) -> None:
     world.write_assertion()
-    world.configure()
+    configure(world)
     login_ = await credd(world.env, "login", "analyst")
     assert login_.returncode == 1
     assert login_.stderr.startswith("credd: analyst signs in with")

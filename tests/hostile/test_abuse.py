@@ -14,18 +14,18 @@ import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import anyio
 import pytest
 
 from credd.clock import ManualClock
-from credd.config.settings import Settings
 from credd.daemon import DaemonHandle, running_daemon
 from credd.testing.emulator import Emulator
-from tests.conftest import Home
-from tests.helpers import eventually, get, login
-from tests.hostile.raw_http import Reply, exchange
+from tests.support.home import Home
+from tests.support.inprocess import get, login
+from tests.support.raw_http import Reply, exchange
+from tests.support.waiting import eventually
+from tests.support.world import World
 
 #: slow clients are cut off after this long without a whole request (real seconds)
 IDLE = 0.5
@@ -44,16 +44,9 @@ async def world(home: Home, clocked: tuple[Emulator, ManualClock]) -> World:
         idle_connection_seconds = {IDLE}
         """
     )
-    settings = home.settings()
-    await login(settings, clock)
-    return World(settings, clock, emu)
-
-
-@dataclass(frozen=True)
-class World:
-    settings: Settings
-    clock: ManualClock
-    emulator: Emulator
+    world = World(home, emu)
+    await login(world.settings, clock)
+    return world
 
 
 @contextlib.asynccontextmanager
@@ -226,7 +219,7 @@ async def test_requests_waiting_beyond_the_limit_get_429(world: World) -> None:
     """Answers from memory never wait; requests parked on an upstream fetch are bounded."""
     server = dataclasses.replace(world.settings.server, max_waiting_requests=2)
     settings = dataclasses.replace(world.settings, server=server)
-    world.emulator.faults.add("AssumeRole", hang=True)  # admin's fetch never ends
+    world.emu.faults.add("AssumeRole", hang=True)  # admin's fetch never ends
     async with running_daemon(settings, clock=world.clock, request_deadline=60) as daemon:
         await daemon.broker.credentials("dev", wait=None)
         async with anyio.create_task_group() as tg:

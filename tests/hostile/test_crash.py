@@ -50,22 +50,15 @@ from credd.sessions.iam_tokens import IamToken, IamTokenCache
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.oauth import AUTH_CODE_GRANT
 from credd.testing.emulator.state import SigninSession, SsoSession, TokenSet
-from tests.conftest import AWS_CONFIG, Home
-from tests.helpers import static_keys_profile
-from tests.process_helpers import (
-    CREDD,
-    Daemon,
-    credd,
-    eventually,
-    log_paths,
-    serving,
-)
-from tests.test_trusted_identity import credd_profile
+from tests.support.configs import AWS_CONFIG, LISTEN_ANY_PORT, credd_profile, static_keys_profile
+from tests.support.home import Home
+from tests.support.process import CREDD, Daemon, credd, log_paths, serving
+from tests.support.waiting import eventually
+from tests.support.world import World
 
 pytestmark = pytest.mark.slow
 
 SEED = 6_0809
-LISTEN_ANY_PORT = '[server]\nlisten = "127.0.0.1:0"\n'
 #: an access token with fewer than 30 s left is renewed before use (MIN_SERVE_SECONDS),
 #: and role credentials too: 32 s lifetimes make a daemon in use renew every ~2 s
 LIFETIME = 32
@@ -199,13 +192,11 @@ TRUSTED_IDENTITY = Kind(
 )
 
 
-@dataclass
-class CrashWorld:
+@dataclass(kw_only=True)
+class CrashWorld(World):
+    """The one World, with the kind of session being crashed and what the crashes did."""
+
     kind: Kind
-    home: Home
-    emu: Emulator
-    env: dict[str, str]
-    logs: Path
     rng: random.Random
     #: every refresh-token rotation the emulator carried out, in order
     rotations: list[Rotation] = field(default_factory=list)
@@ -246,7 +237,7 @@ def make_world(kind: Kind, home: Home, emu: Emulator, tmp_path: Path) -> CrashWo
         }
     )
     kind.configure(home, emu)
-    world = CrashWorld(kind, home, emu, dict(os.environ), tmp_path / "logs", random.Random(SEED))
+    world = CrashWorld(home, emu, kind=kind, rng=random.Random(SEED))
     kind.record_rotations(emu, world.rotations)
     return world
 

@@ -24,7 +24,7 @@ from credd.testing.economy import (
     table,
     wait_served,
 )
-from tests.conftest import Home
+from tests.support.home import Home
 
 #: every kind of profile, a few simulated hours: each renews several times
 SCENARIO = Scenario(sso_roles=3, chained=2, signin=True, trusted=True, span=4 * 3600)

@@ -43,8 +43,8 @@ from credd.files.store import (
 )
 from credd.sessions.iam_tokens import IamToken, IamTokenCache
 from credd.testing.emulator import Emulator
-from tests.conftest import Home
-from tests.process_helpers import login, serving
+from tests.support.home import Home
+from tests.support.process import login, serving
 
 FUZZ = settings(
     derandomize=True,

@@ -24,7 +24,7 @@ from credd.config.load import load_settings
 from credd.config.settings import Settings
 from credd.errors import ConfigError
 from credd.files.paths import Paths, resolve_paths
-from tests.conftest import AWS_CONFIG
+from tests.support.configs import AWS_CONFIG
 
 FUZZ = settings(
     derandomize=True,

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from credd.testing.emulator import Emulator
-from tests.conftest import Home
-from tests.hostile.raw_http import NotHttp, Reply, exchange
-from tests.process_helpers import Daemon, issued_secrets, login, serving
+from tests.support.home import Home
+from tests.support.process import Daemon, issued_secrets, login, serving
+from tests.support.raw_http import NotHttp, Reply, exchange
 
 pytestmark = pytest.mark.slow
 

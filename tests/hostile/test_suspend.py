@@ -40,10 +40,10 @@ from credd.daemon import DaemonHandle, running_daemon
 from credd.files.store import atomic_write, parse_timestamp, sha1_name
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.config import EmulatorConfig
-from tests.conftest import Home
-from tests.helpers import get, login
-from tests.process_helpers import Daemon, serving
-from tests.process_helpers import login as process_login
+from tests.support.home import Home
+from tests.support.inprocess import get, login
+from tests.support.process import Daemon, serving
+from tests.support.process import login as process_login
 
 HOUR = 3600
 #: the emulator's lifetimes: what a jump must get past

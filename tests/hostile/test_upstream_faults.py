@@ -40,19 +40,20 @@ import pytest
 import credd.aws
 from credd.aws import AwsClients
 from credd.clock import ManualClock
-from credd.daemon import DaemonHandle, running_daemon, trusted_identity_cache
+from credd.daemon import DaemonHandle, running_daemon
 from credd.engine.schedule import BACKOFF_CAP_SECONDS
 from credd.errors import UpstreamError
-from credd.files.store import sha1_name
 from credd.testing.emulator import Emulator, EmulatorConfig
 from credd.testing.emulator.clients import aws_client
 from credd.testing.emulator.oauth import JWT_BEARER_GRANT
-from tests.conftest import Home
-from tests.helpers import captured_log, eventually, get, login
-from tests.test_signin import AWS_CONFIG as SIGNIN_CONFIG
-from tests.test_signin import USER_ARN, signin_login
-from tests.test_signin import World as SigninWorld
-from tests.test_trusted_identity import World as TrustedWorld
+from credd.wiring import trusted_identity_cache
+from tests.support.configs import SIGNIN_CONFIG, USER_ARN
+from tests.support.home import Home
+from tests.support.inprocess import get, login
+from tests.support.logs import captured_log
+from tests.support.signin import signin_login
+from tests.support.waiting import eventually
+from tests.support.world import World
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +75,6 @@ MAX_STORM_ATTEMPTS = 15
 ERROR_BODY_KEYS = {"code", "message", "Code", "Message"}
 
 
-class World(TrustedWorld):
-    """The trusted-identity tests' world, which every operation here can be set up in."""
-
-    def sso_refresh_token(self) -> str:
-        path = self.home.root / ".aws" / "sso" / "cache" / f"{sha1_name('my-sso')}.json"
-        return str(json.loads(path.read_text())["refreshToken"])
-
-
 @pytest.fixture
 async def world(home: Home, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
     monkeypatch.setattr(credd.aws, "READ_TIMEOUT_SECONDS", READ_TIMEOUT)
@@ -91,7 +84,7 @@ async def world(home: Home, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Wo
     config = EmulatorConfig(poll_interval=0, max_clock_skew=None)
     async with Emulator(clock, config=config).running() as emu:
         monkeypatch.setenv("AWS_ENDPOINT_URL", emu.url)
-        yield World(home, emu, clock, emu.create_access_key("app-server"))
+        yield World(home, emu)
 
 
 # ------------------------------------------------------------------------ the operations
@@ -156,11 +149,11 @@ async def identity_center(world: World, *, token_ttl: int, role_ttl: int) -> Non
 async def signin(world: World) -> None:
     world.home.write_aws_config(SIGNIN_CONFIG)
     world.home.write_credd_config('[server]\nlisten = "127.0.0.1:0"\n')
-    await signin_login(SigninWorld(world.home, world.emu, world.clock))
+    await signin_login(world)
 
 
 def signin_refresh_token(world: World) -> str:
-    cached = SigninWorld(world.home, world.emu, world.clock).cached(USER_ARN)
+    cached = world.cached(USER_ARN)
     return str(cached["refreshToken"])
 
 

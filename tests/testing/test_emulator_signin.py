@@ -17,11 +17,9 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import secrets
 import textwrap
-import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,27 +32,26 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import LoginInsufficientPermissions, LoginRefreshRequired
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
 
 from credd.clock import ManualClock
 from credd.testing.emulator import Emulator, default_directory
 from credd.testing.emulator.clients import Keys, aws_client, visit
-from tests.conftest import Home
+from tests.support.configs import USER_ARN
+from tests.support.home import Home
+from tests.support.signin import (
+    CALLBACK,
+    SAME_DEVICE,
+    Dpop,
+    authorize,
+    authorize_url,
+    b64url,
+    new_key,
+    new_verifier,
+    redeem,
+)
 
-SAME_DEVICE = "arn:aws:signin:::devtools/same-device"
 CROSS_DEVICE = "arn:aws:signin:::devtools/cross-device"
-CALLBACK = "http://127.0.0.1:43210/oauth/callback"
-USER_ARN = "arn:aws:iam::111111111111:user/alice"
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64url_json(value: object) -> str:
-    return b64url(json.dumps(value, separators=(",", ":")).encode())
 
 
 def jwt_part(token: str, index: int) -> dict[str, Any]:
@@ -63,71 +60,6 @@ def jwt_part(token: str, index: int) -> dict[str, Any]:
         base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     )
     return decoded
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def new_verifier() -> str:
-    return secrets.token_urlsafe(48)[:64]
-
-
-def challenge(verifier: str) -> str:
-    """``code_challenge`` as the CLI computes it (``SHA-256``, base64url, no ``=``)."""
-    return b64url(hashlib.sha256(verifier.encode()).digest())
-
-
-@dataclass
-class Dpop:
-    """DPoP proofs as botocore builds them (§4.4), with knobs to break them."""
-
-    clock: ManualClock
-    key: ec.EllipticCurvePrivateKey = field(default_factory=new_key)
-    #: seconds added to the clock for ``iat``
-    skew: float = 0.0
-    header: dict[str, Any] = field(default_factory=dict)
-    claims: dict[str, Any] = field(default_factory=dict)
-    #: sign with a key other than the one the ``jwk`` names
-    forge: bool = False
-    #: send this proof verbatim instead of a new one
-    replay: str | None = None
-    enabled: bool = True
-    sent: list[str] = field(default_factory=list)
-
-    def jwk(self) -> dict[str, str]:
-        numbers = self.key.public_key().public_numbers()
-        return {
-            "kty": "EC",
-            "x": b64url(numbers.x.to_bytes(32, "big")),
-            "y": b64url(numbers.y.to_bytes(32, "big")),
-            "crv": "P-256",
-        }
-
-    def proof(self, url: str) -> str:
-        parts = urlsplit(url)
-        header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk(), **self.header}
-        payload = {
-            "htm": "POST",
-            "htu": f"{parts.scheme}://{parts.netloc}{parts.path}",
-            "iat": int(self.clock.now().timestamp() + self.skew),
-            "jti": str(uuid.uuid4()),
-            **self.claims,
-        }
-        signing_input = f"{b64url_json(header)}.{b64url_json(payload)}"
-        signer = new_key() if self.forge else self.key
-        r, s = decode_dss_signature(signer.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
-
-    def attach(self, client: Any) -> None:
-        # before-send runs per attempt, so every retry carries a fresh proof.
-        client.meta.events.register("before-send.signin.CreateOAuth2Token", self._add_header)
-
-    def _add_header(self, request: Any, **_: Any) -> None:
-        if self.enabled:
-            value = self.replay or self.proof(request.url)
-            self.sent.append(value)
-            request.headers["DPoP"] = value
 
 
 @pytest.fixture
@@ -151,62 +83,6 @@ async def signin(emu: Emulator, dpop: Dpop) -> AsyncIterator[Any]:
     async with aws_client(emu.url, "signin", parameter_validation=False) as client:
         dpop.attach(client)
         yield client
-
-
-def authorize_url(
-    emu: Emulator,
-    verifier: str,
-    *,
-    client_id: str = SAME_DEVICE,
-    redirect_uri: str = CALLBACK,
-    **overrides: str,
-) -> str:
-    # The CLI's order: percent-encoded params, then the challenge appended (§4.5).
-    params = {
-        "response_type": "code",
-        "client_id": client_id,
-        "state": "3f2b6a1e-8c1d-4e5f-9a7b-0c1d2e3f4a5b",
-        "code_challenge_method": "SHA-256",
-        "scope": "openid",
-        "redirect_uri": redirect_uri,
-        **overrides,
-    }
-    code_challenge = overrides.get("code_challenge", challenge(verifier))
-    params.pop("code_challenge", None)
-    return f"{emu.url}/v1/authorize?{urlencode(params)}&code_challenge={code_challenge}"
-
-
-def query_of(location: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-
-
-async def authorize(url: str, redirect_uri: str = CALLBACK) -> dict[str, str]:
-    status, location = await visit(url)
-    assert status == 302
-    assert location is not None
-    assert location.startswith(redirect_uri + "?")
-    return query_of(location)
-
-
-async def redeem(
-    signin: Any,
-    code: str,
-    verifier: str,
-    *,
-    redirect_uri: str = CALLBACK,
-    client_id: str = SAME_DEVICE,
-) -> dict[str, Any]:
-    answer = await signin.create_oauth2_token(
-        tokenInput={
-            "clientId": client_id,
-            "grantType": "authorization_code",
-            "code": code,
-            "redirectUri": redirect_uri,
-            "codeVerifier": verifier,
-        }
-    )
-    output: dict[str, Any] = answer["tokenOutput"]
-    return output
 
 
 async def refresh(signin: Any, refresh_token: str, client_id: str = SAME_DEVICE) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Running the real ``credd`` as subprocesses: the CLI, the daemon, and what they leave behind.
 
-Every wait here polls for a state under a bounded deadline; nothing sleeps
+Every wait here polls for a state under a bounded deadline
+(:mod:`tests.support.waiting` for a test's own waits); nothing sleeps
 through a lifetime. Subprocesses are anyio processes, so the in-process
 emulator keeps answering while they run.
 """
@@ -11,7 +12,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ READY_DEADLINE = 20.0
 STOP_DEADLINE = 10.0
 POLL = 0.02
 #: the Node.js SDK's half of the consumer tests (``cd tests/node && npm install``)
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 #: boto3's default chain in a process of its own: who am I, with which credentials
 WHOAMI = (
     "import json, boto3\n"
@@ -109,18 +110,6 @@ def token_file(env: Mapping[str, str]) -> Path:
 
 def address_file(env: Mapping[str, str]) -> Path:
     return runtime_dir(env) / "address"
-
-
-async def eventually(
-    predicate: Callable[[], bool], *, within: float = 20.0, what: str = "the condition"
-) -> None:
-    """Poll ``predicate`` until it holds; fail after ``within`` seconds."""
-    try:
-        with anyio.fail_after(within):
-            while not predicate():  # noqa: ASYNC110  # polling another process's state is the point
-                await anyio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"{what} did not happen within {within} s") from None
 
 
 # --------------------------------------------------------------------------- HTTP

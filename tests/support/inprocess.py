@@ -1,12 +1,13 @@
-"""Test helpers: logging in without a person, asking the endpoint, proving identities."""
+"""The daemon in the test's own process: logging in without a person, asking it, proving identities.
+
+``running_daemon()`` is entered in the test body (design.md, rule 12); these
+are what a test does with the handle it gets.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,16 +15,14 @@ from typing import Any
 import aiohttp
 import anyio
 import boto3
-import structlog
 from botocore.credentials import ContainerProvider
 
 from credd.clock import Clock
 from credd.config.settings import Settings, SsoSessionSpec
-from credd.daemon import DaemonHandle, aws_clients, sso_cache
+from credd.daemon import DaemonHandle
 from credd.files.store import SsoToken
-from credd.log import configure_logging
 from credd.sessions.sso_login import LoginOptions, SsoLogin
-from credd.testing.emulator import AccessKey
+from credd.wiring import aws_clients, sso_cache
 
 
 @dataclass
@@ -42,15 +41,6 @@ class RecordingUI:
 
     def notice(self, message: str) -> None:
         self.notices.append(message)
-
-
-def static_keys_profile(keys: AccessKey, name: str = "app-iam") -> str:
-    """An AWS config ``[profile NAME]`` with an emulator IAM user's static keys."""
-    return (
-        f"\n[profile {name}]\n"
-        f"aws_access_key_id = {keys.access_key_id}\n"
-        f"aws_secret_access_key = {keys.secret_access_key.reveal()}\n"
-    )
 
 
 async def login(
@@ -136,29 +126,3 @@ async def sdk_identity(
         f"{handle.url}/v1/credentials/{profile}", str(settings.server.token_file), sts_url, raw
     )
     return await anyio.to_thread.run_sync(call)
-
-
-async def eventually(predicate: Callable[[], bool], *, within: float = 10.0) -> None:
-    """Wait for background work to reach a state (never for a token lifetime)."""
-    with anyio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110  # polling another task's state is the point
-            await anyio.sleep(0.01)
-
-
-@contextlib.contextmanager
-def captured_log(level: str = "debug") -> Iterator[io.StringIO]:
-    """Everything credd (and botocore, aiohttp) logs meanwhile, as ``credd serve`` renders it.
-
-    Logging is process-wide: the configuration before is put back afterwards.
-    """
-    stream = io.StringIO()
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, root_level = list(root.handlers), root.level
-    configure_logging(level, "json", stream)
-    try:
-        yield stream
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(root_level)
