@@ -15,7 +15,7 @@ simulated client then asks the endpoint for every profile every ``--request-ever
 simulated seconds for ``--hours`` simulated hours, and the emulator counts every
 upstream call. The table gives, per operation and overall: the calls, **the ideal**
 (computed from the emulator's lifetimes and credd's documented margins; see
-:mod:`credd.testing.economy` for the formula and why it is the least any policy
+:mod:`economy_world` (beside this script) for the formula and why it is the least any policy
 honouring those margins can make), calls/ideal against the target of issue 6
 (<= 1.1), the most the policy allows (every renewal as early as its jitter may
 put it) and the SDK floor (only the SDKs' own refresh windows as margins).
@@ -42,11 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-
-from credd.daemon import running_daemon
-from credd.files.paths import Paths, resolve_paths
-from credd.log import configure_logging
-from credd.testing.economy import (
+from economy_world import (
     Scenario,
     economy_world,
     run_day,
@@ -54,6 +50,10 @@ from credd.testing.economy import (
     table,
     wait_served,
 )
+
+from credd.daemon import running_daemon
+from credd.files.paths import Paths, resolve_paths
+from credd.log import configure_logging
 
 #: issue 6: no more than this many times the ideal number of upstream calls
 TARGET_RATIO = 1.1

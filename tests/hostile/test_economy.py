@@ -1,20 +1,18 @@
 """Upstream economy, guarded: simulated hours cost what credd's renewal policy allows.
 
-The real daemon against the emulator on one ManualClock (:mod:`credd.testing.economy`,
-shared with ``bench/economy.py``): clients ask for every kind of profile every five
-simulated minutes, and the emulator's call counts are held to the ideal and the
-bound computed from the lifetimes and the documented margins. Whatever jitter
-credd draws, a correct policy lands between the two; a renewal that comes late,
-a duplicate fetch or a renewal loop that spins does not.
+The real daemon against the emulator on one ManualClock (``bench/economy_world.py``,
+shared with ``bench/economy.py``; pytest's ``pythonpath`` puts bench/ on the path):
+clients ask for every kind of profile every five simulated minutes, and the
+emulator's call counts are held to the ideal and the bound computed from the
+lifetimes and the documented margins. Whatever jitter credd draws, a correct
+policy lands between the two; a renewal that comes late, a duplicate fetch or a
+renewal loop that spins does not.
 """
 
 from __future__ import annotations
 
 import pytest
-
-from credd.daemon import running_daemon
-from credd.sessions.signin import SDK_REFRESH_WINDOW_SECONDS
-from credd.testing.economy import (
+from economy_world import (
     RENEWAL_OPERATIONS,
     Scenario,
     calls_in_span,
@@ -24,6 +22,9 @@ from credd.testing.economy import (
     table,
     wait_served,
 )
+
+from credd.daemon import running_daemon
+from credd.sessions.signin import SDK_REFRESH_WINDOW_SECONDS
 from tests.support.home import Home
 
 #: every kind of profile, a few simulated hours: each renews several times

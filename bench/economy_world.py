@@ -1,7 +1,10 @@
 """Upstream economy: how many calls credd makes to AWS over a simulated day, against the ideal.
 
 Shared by ``bench/economy.py`` (a whole day, N profiles, figures and ratios) and
-``tests/hostile/test_economy.py`` (a few hours, the bound guarded in the suite).
+``tests/hostile/test_economy.py`` (a few hours, the bound guarded in the suite), which
+finds it through pytest's ``pythonpath`` (pyproject.toml). A benchmark harness, so
+it lives with the benchmarks, not in the installed package.
+
 The real daemon runs in process against the emulator; both read one
 :class:`~credd.clock.ManualClock`, so a day passes in seconds. A simulated client
 asks for every profile through the real HTTP endpoint every ``request_every``
@@ -58,7 +61,7 @@ from credd.clock import ManualClock
 from credd.config.load import load_settings
 from credd.config.settings import RefreshSettings, Settings, SsoSessionSpec
 from credd.config.writer import write_login_session
-from credd.daemon import DaemonHandle, aws_clients, login_cache, running_daemon, sso_cache
+from credd.daemon import DaemonHandle, running_daemon
 from credd.engine.schedule import JITTER_CAP_SECONDS, JITTER_SHARE
 from credd.files.paths import Paths
 from credd.sessions.loopback import LoginOptions
@@ -66,6 +69,7 @@ from credd.sessions.signin import MIN_MARGIN_SECONDS
 from credd.sessions.signin_login import SigninLogin, SigninLoginOptions, SigninTarget
 from credd.sessions.sso_login import SsoLogin
 from credd.testing.emulator import Emulator, EmulatorConfig
+from credd.wiring import aws_clients, login_cache, sso_cache
 
 START_URL: Final = "https://d-1234567890.awsapps.com/start"
 SESSION: Final = "my-sso"
