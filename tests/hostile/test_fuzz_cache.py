@@ -114,7 +114,8 @@ class Kind:
     entry: str
     #: the entry read: the parsed value, ``None``, or :class:`CacheCorrupt`
     read: Callable[[JsonCacheDir], object]
-    write: Callable[[JsonCacheDir], None]
+    #: what the write returns (the fingerprint of the file written) is not looked at here
+    write: Callable[[JsonCacheDir], object]
 
 
 def _sso(files: JsonCacheDir) -> SsoCache:
