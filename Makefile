@@ -27,7 +27,7 @@ lint: $(STAMP)
 test: $(STAMP) tests/node/node_modules/.installed lint
 	$(BIN)/pytest
 
-BENCHMARKS := endpoint sdk_startup economy scale token_timing
+BENCHMARKS := endpoint sdk_startup economy scale idle token_timing
 
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do $(BIN)/python bench/$$name.py || exit 1; done
