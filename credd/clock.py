@@ -30,7 +30,9 @@ class Clock(Protocol):
 class SystemClock:
     """The real wall clock, slept on in chunks so that suspend cannot fool it."""
 
-    def __init__(self, max_chunk_seconds: float = 15.0) -> None:
+    def __init__(self, max_chunk_seconds: float = 60.0) -> None:
+        # A minute: an idle daemon wakes at most once a minute (issue 10's idle goal),
+        # and a laptop that resumed past a deadline notices within a minute.
         self._max_chunk = max_chunk_seconds
 
     def now(self) -> datetime:

@@ -36,7 +36,6 @@ from credd.config.settings import (
 from credd.errors import LoginRequired, UpstreamError
 from credd.files.store import format_timestamp
 from credd.secret import Secret
-from credd.sessions import Session
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.trusted_identity import TrustedIdentitySession
 
@@ -394,7 +393,7 @@ class SigninFetcher:
 def make_fetcher(
     spec: ServedProfile,
     *,
-    sessions: Mapping[str, Session],
+    sessions: Mapping[str, object],
     source_keys: Callable[[str | None], Awaitable[SigningKeys]],
     clients: AwsClients,
     clock: Clock,

@@ -1,26 +1,32 @@
-"""The live state: every profile's credentials, kept warm, served from memory.
+"""The live state: every session and every profile's credentials, kept warm, served from memory.
 
 The request path (:meth:`Broker.usable`) is a dictionary lookup and one
 comparison with the clock. Only when nothing valid is held does a request
 wait, and then it joins the one in-flight fetch for that profile
-(single-flight) for at most ``request_deadline`` seconds. A profile, once
-asked for, is renewed ahead of expiry by a keeper task until nobody has asked
-for it in ``idle_timeout_seconds``. A failed renewal keeps the last good
-credentials in service until they expire, and retries with capped, jittered
-backoff (design.md rules 6 and 7).
+(single-flight) for at most ``request_deadline`` seconds; while the last
+fetch failed, requests fail fast until its backoff is over (every fault, on
+every path, backs off). A profile, once asked for, is renewed ahead of expiry
+until nobody has asked for it in ``idle_timeout_seconds``. A failed renewal
+keeps the last good credentials in service until they expire (design.md rules
+6 and 7).
+
+Sessions and profiles are both :class:`~credd.engine.record.Record` books
+driven by the one :class:`~credd.engine.planner.Planner`; the shared
+:class:`~credd.engine.watch.CacheWatcher` tells a session when its cache file
+changed. A profile's failure waits on its session: as soon as the session
+holds a new token (a login landed), the profile is due again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import heapq
-import itertools
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import anyio
 import structlog
@@ -36,7 +42,11 @@ from credd.config.settings import (
     SigningSource,
 )
 from credd.engine.flight import SingleFlight
-from credd.engine.schedule import renewal_time, retry_time
+from credd.engine.planner import Planner
+from credd.engine.record import Fault, Record, classify
+from credd.engine.schedule import renewal_time
+from credd.engine.session import KeptSession
+from credd.engine.watch import CacheWatcher
 from credd.errors import (
     AssertionRequired,
     CreddError,
@@ -46,16 +56,16 @@ from credd.errors import (
     UpstreamError,
 )
 from credd.profiles import Fetcher, RoleCredentials, make_fetcher, source_keys
-from credd.sessions import Session, SessionState, SessionStatus
+from credd.sessions import SessionStatus
 from credd.sessions.iam_tokens import IamToken
 from credd.sessions.trusted_identity import TrustedIdentitySession
 
 log = structlog.get_logger(__name__)
 
-#: credentials this close to expiry are not served: the caller could not use them
-MIN_SERVE_SECONDS = 30.0
 #: how long a request waits for a fetch: under the SDKs' 1-2 s timeouts (protocols.md 8.2)
 DEFAULT_REQUEST_DEADLINE = 0.9
+
+Session = KeptSession[Any]
 
 
 class ProfileState(StrEnum):
@@ -88,67 +98,48 @@ class ProfileStatus:
     action: str | None
 
 
-class _Keeper:
-    """Everything the broker knows about one served profile."""
+class _Profile:
+    """One served profile: its record, its fetcher, and the planner's questions about it."""
 
     __slots__ = (
-        "_creds",
-        "_serve_until",
-        "failures",
+        "_broker",
         "fetcher",
         "flight",
         "last_used",
-        "next_renewal",
-        "plan",
         "prefetch",
-        "problem",
+        "record",
         "renewing",
         "retired",
-        "retry_at",
         "session",
         "spec",
     )
 
-    def __init__(self, spec: ServedProfile, session: str | None, prefetch: bool) -> None:
+    def __init__(
+        self, broker: Broker, spec: ServedProfile, session: str | None, prefetch: bool
+    ) -> None:
+        self._broker = broker
         self.spec = spec
-        #: the Identity Center session at the root of the profile's source chain
+        #: the session at the root of the profile's source chain
         self.session = session
         self.prefetch = prefetch
+        self.record: Record[RoleCredentials] = Record(f"profile {spec.name}", broker.draw)
         self.fetcher: Fetcher | None = None
         self.flight: SingleFlight[RoleCredentials] | None = None
-        self._creds: RoleCredentials | None = None
-        self._serve_until: datetime | None = None
         self.last_used: datetime | None = None
-        self.problem: CreddError | None = None
-        self.failures = 0
-        self.retry_at: datetime | None = None
-        self.next_renewal: datetime | None = None
-        #: in the renewal plan: renewed ahead of expiry until it goes idle
+        #: renewed ahead of expiry until it goes idle
         self.renewing = False
-        #: the number of its entry in the broker's renewal plan; ``None``: none planned
-        self.plan: int | None = None
         #: a reload removed or replaced the profile: nothing more is planned for it
         self.retired = False
 
-    def retire(self) -> None:
-        self.retired = True
-        self.plan = None
-
     @property
-    def creds(self) -> RoleCredentials | None:
-        return self._creds
+    def name(self) -> str:
+        return self.spec.name
 
-    @creds.setter
-    def creds(self, creds: RoleCredentials | None) -> None:
-        self._creds = creds
-        # worked out once per set of credentials, not once per request
-        self._serve_until = (
-            creds.expiration - timedelta(seconds=MIN_SERVE_SECONDS) if creds else None
-        )
+    def wake(self, now: datetime) -> datetime | None:
+        return self._broker.profile_wake(self, now)
 
-    def usable(self, now: datetime) -> RoleCredentials | None:
-        until = self._serve_until
-        return self._creds if until is not None and now < until else None
+    async def turn(self) -> None:
+        await self._broker.profile_turn(self)
 
 
 class Broker:
@@ -161,6 +152,7 @@ class Broker:
         clients: AwsClients,
         clock: Clock,
         task_group: TaskGroup,
+        watcher: CacheWatcher,
         request_deadline: float = DEFAULT_REQUEST_DEADLINE,
         draw: Callable[[], float] = random.random,
     ) -> None:
@@ -168,20 +160,20 @@ class Broker:
         self._clients = clients
         self._clock = clock
         self._task_group = task_group
+        self._watcher = watcher
         self._deadline = request_deadline
-        self._draw = draw
+        self.draw = draw
         self._refresh = RefreshSettings()
         self._sessions: dict[str, Session] = {}
-        self._session_scopes: dict[str, anyio.CancelScope] = {}
+        self._unwatch: dict[str, Callable[[], None]] = {}
         self._sources: Mapping[str, SigningSource] = {}
-        self._keepers: dict[str, _Keeper] = {}
+        self._profiles: dict[str, _Profile] = {}
+        #: told whenever a turn ran or a session changed: the daemon's status line
+        self.on_activity: Callable[[], None] = lambda: None
+        self._planner = Planner(clock, task_group, after_turn=lambda: self.on_activity())
         self._running = False
-        #: the renewal plan, a heap of (when, number, keeper): one task renews every profile
-        self._plan: list[tuple[datetime, int, _Keeper]] = []
-        self._numbers = itertools.count()
-        #: the renewal task's sleep, and until when: cancelled when something is due sooner
-        self._sleep: anyio.CancelScope | None = None
-        self._sleep_until: datetime | None = None
+
+    # ------------------------------------------------------------------ configuration
 
     def apply(
         self,
@@ -191,7 +183,7 @@ class Broker:
         sources: Mapping[str, SigningSource],
         refresh: RefreshSettings,
     ) -> None:
-        """Take a (new) configuration: what stayed the same keeps its state and its loops."""
+        """Take a (new) configuration: what stayed the same keeps its state and its plans."""
         self._refresh = refresh
         self._sources = sources
         replaced: set[str] = set()
@@ -203,52 +195,71 @@ class Broker:
             session = self._sessions.get(name)
             if session is None:
                 session = self._sessions[name] = self._make_session(session_spec)
-                if self._running:
-                    self._task_group.start_soon(self._run_session, session)
+                self._start_session(session)
             # A Sign-In session's token is the served credentials themselves (interface.md).
             session.margin_seconds = (
                 refresh.credentials_margin_seconds
                 if session.kind == "signin"
                 else refresh.token_margin_seconds
             )
-        for name in list(self._keepers):
-            keeper = self._keepers[name]
-            if profiles.get(name) != keeper.spec or keeper.session in replaced:
-                keeper.retire()
-                del self._keepers[name]
+        for name in list(self._profiles):
+            profile = self._profiles[name]
+            if profiles.get(name) != profile.spec or profile.session in replaced:
+                profile.retired = True
+                self._planner.drop(profile)
+                del self._profiles[name]
         for name, profile_spec in profiles.items():
-            existing = self._keepers.get(name)
+            existing = self._profiles.get(name)
             if existing is None:
-                keeper = self._keepers[name] = _Keeper(
-                    profile_spec, self._root_session(profile_spec, profiles), prefetch=False
+                profile = self._profiles[name] = _Profile(
+                    self, profile_spec, self._root_session(profile_spec, profiles), prefetch=False
                 )
-                keeper.fetcher = self._fetcher(profile_spec)
-                keeper.flight = SingleFlight(
-                    self._task_group, functools.partial(self._fetch, keeper)
+                profile.fetcher = self._fetcher(profile_spec)
+                profile.flight = SingleFlight(
+                    self._task_group, functools.partial(self._fetch, profile)
                 )
             else:
-                keeper = existing
-            keeper.prefetch = name in refresh.prefetch
-            if self._running and keeper.prefetch and not keeper.renewing:
-                self._start_keeper(keeper)
+                profile = existing
+            profile.prefetch = name in refresh.prefetch
+            if self._running and profile.prefetch and not profile.renewing:
+                self._start_renewing(profile)
+
+    def _start_session(self, session: Session) -> None:
+        session.replan = functools.partial(self._planner.plan, session)
+        session.on_change = self._session_changed
+        path = session.cache_path
+
+        def changed(name: str | None) -> None:
+            if name is None or name == path.name:
+                session.cache_changed()
+
+        self._unwatch[session.name] = self._watcher.watch(path.parent, changed)
+        if self._running:
+            session.start()
+            self._planner.plan(session)
 
     def _stop_session(self, name: str) -> None:
-        self._sessions.pop(name)
-        scope = self._session_scopes.pop(name, None)
-        if scope is not None:
-            scope.cancel()
+        session = self._sessions.pop(name)
+        self._planner.drop(session)
+        unwatch = self._unwatch.pop(name, None)
+        if unwatch is not None:
+            unwatch()
 
-    async def _run_session(
-        self,
-        session: Session,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with anyio.CancelScope() as scope:
-            self._session_scopes[session.name] = scope
-            await session.run(task_status=task_status)
+    def _session_changed(self, session: Session) -> None:
+        """A session holds something else: its profiles are looked at again.
 
-    # ------------------------------------------------------------------ wiring
+        A logout (its file deleted) takes their credentials along (interface.md:
+        not served after a logout); a new token makes those that failed on it due.
+        """
+        self.on_activity()
+        logged_out = session.record.value is None and not session.begins_alone
+        for profile in self._profiles.values():
+            if profile.session != session.name:
+                continue
+            if logged_out and profile.record.value is not None:
+                profile.record.hold(None, None)
+            if self._running:
+                self._planner.plan(profile)
 
     @staticmethod
     def _root_session(spec: ServedProfile, profiles: Mapping[str, ServedProfile]) -> str | None:
@@ -285,6 +296,11 @@ class Broker:
     def session(self, name: str) -> Session | None:
         return self._sessions.get(name)
 
+    def record(self, name: str) -> Record[Any] | None:
+        """A session's record, by name: what a failure blamed on that session waits on."""
+        session = self._sessions.get(name)
+        return session.record if session is not None else None
+
     # ------------------------------------------------------------------ the request path
 
     def bearer_session(self, name: str) -> TrustedIdentitySession | None:
@@ -307,192 +323,160 @@ class Broker:
             ) from exc
 
     def knows(self, name: str) -> bool:
-        return name in self._keepers
+        return name in self._profiles
 
     def usable(self, name: str) -> RoleCredentials | None:
         """Valid credentials held in memory, or ``None``; marks the profile as in use."""
-        keeper = self._keepers.get(name)
-        if keeper is None:
+        profile = self._profiles.get(name)
+        if profile is None:
             return None
         now = self._clock.now()
-        keeper.last_used = now
-        creds = keeper.usable(now)
-        if creds is not None and not keeper.renewing:
-            self._start_keeper(keeper)
+        profile.last_used = now
+        creds = profile.record.usable(now)
+        if creds is not None and not profile.renewing:
+            self._start_renewing(profile)
         return creds
 
     async def credentials(self, name: str, *, wait: float | None = -1.0) -> RoleCredentials:
         """Credentials for ``name``, fetching them if none are held.
 
         ``wait`` bounds the wait for a fetch in seconds (default: the request
-        deadline; ``None``: no bound). Raises :class:`NotServed`,
-        :class:`LoginRequired` or :class:`UpstreamError`.
+        deadline; ``None``: no bound). While the last fetch failed, this fails
+        fast until its backoff is over or its session changed. Raises
+        :class:`NotServed`, :class:`LoginRequired` or :class:`UpstreamError`.
         """
-        keeper = self._keepers.get(name)
-        if keeper is None:
+        profile = self._profiles.get(name)
+        if profile is None:
             raise NotServed(f"no profile named {name!r} is served", hint="run: credd status")
         creds = self.usable(name)
         if creds is not None:
             return creds
-        now = self._clock.now()
-        if (
-            keeper.problem is not None
-            and not isinstance(keeper.problem, LoginRequired)
-            and keeper.retry_at is not None
-            and now < keeper.retry_at
-        ):
-            raise keeper.problem  # failing fast until the backoff says try again
-        assert keeper.flight is not None
+        record = profile.record
+        if record.problem is not None and not record.retry_due(self._clock.now()):
+            blamed = self._blamed(profile)
+            if blamed is not None:
+                await blamed.recheck()  # a login may have landed before the watcher said so
+            if not record.retry_due(self._clock.now()):
+                raise record.problem  # failing fast until the backoff says try again
+        assert profile.flight is not None
         limit = self._deadline if wait == -1.0 else wait
         try:
             with anyio.fail_after(limit):
-                return await keeper.flight.run()
+                return await profile.flight.run()
         except TimeoutError as exc:
             raise UpstreamError(
                 f"credentials for {name} are still being fetched from AWS",
                 hint="try again in a moment",
             ) from exc
 
-    async def _fetch(self, keeper: _Keeper) -> RoleCredentials:
-        assert keeper.fetcher is not None
-        name = keeper.spec.name
-        now = self._clock.now()
+    async def _fetch(self, profile: _Profile) -> RoleCredentials:
+        assert profile.fetcher is not None
+        began = self._clock.now()
         try:
-            creds = await keeper.fetcher.fetch()
+            creds = await profile.fetcher.fetch()
         except CreddError as exc:
-            self._failed(keeper, exc, now)
+            self._failed(profile, exc, began)
             raise
         except Exception as exc:
             failure = InternalFailure(exc)
             # no traceback: an exception's message may quote a token
-            log.error("fetch_bug", profile=name, error=failure.message)  # noqa: TRY400
-            self._failed(keeper, failure, now)
+            log.error("fetch_bug", profile=profile.name, error=failure.message)  # noqa: TRY400
+            self._failed(profile, failure, began)
             raise failure from exc
-        keeper.creds = creds
-        keeper.problem = None
-        keeper.failures = 0
-        keeper.retry_at = None
-        log.info("credentials_fetched", profile=name, expiration=creds.expiration)
-        if not keeper.renewing and (keeper.prefetch or keeper.last_used is not None):
-            self._start_keeper(keeper)
+        record = profile.record
+        record.hold(creds, creds.expiration)
+        record.succeeded()
+        log.info("credentials_fetched", profile=profile.name, expiration=creds.expiration)
+        if not profile.renewing and (profile.prefetch or profile.last_used is not None):
+            self._start_renewing(profile)
         return creds
 
-    def _failed(self, keeper: _Keeper, error: CreddError, now: datetime) -> None:
-        held = keeper.usable(now)
-        keeper.problem = error
-        keeper.retry_at = retry_time(
-            now,
-            keeper.failures,
-            draw=self._draw(),
-            not_after=held.expiration - timedelta(seconds=MIN_SERVE_SECONDS) if held else None,
-        )
-        keeper.failures += 1
+    def _blamed(self, profile: _Profile) -> Session | None:
+        """The session a profile's failure is blamed on, if it only waits for a login."""
+        problem = profile.record.problem
+        name = problem.session if isinstance(problem, LoginRequired) else None
+        session = self._sessions.get(name) if name else None
+        return session if session is not None and session.record.parked else None
+
+    def _failed(self, profile: _Profile, error: CreddError, now: datetime) -> None:
+        # A profile's failure is never its own dead session: a login required is its
+        # session's, and the profile waits on that session to change.
+        blamed = error.session if isinstance(error, LoginRequired) else profile.session
+        fault = Fault.ELSEWHERE if isinstance(error, LoginRequired) else classify(error, "")
+        record = profile.record
+        record.failed(error, now, fault=fault, waits_on=self.record(blamed) if blamed else None)
         log.warning(
             "credentials_fetch_failed",
-            profile=keeper.spec.name,
+            profile=profile.name,
             error=error.message,
-            serving_last_good=held is not None,
-            retry_at=keeper.retry_at,
+            serving_last_good=record.usable(now) is not None,
+            retry_at=record.retry_at,
         )
 
     # ------------------------------------------------------------------ renewal
 
-    def _start_keeper(self, keeper: _Keeper) -> None:
-        keeper.renewing = True
-        self._schedule(keeper, self._clock.now())
+    def _start_renewing(self, profile: _Profile) -> None:
+        profile.renewing = True
+        if self._running:
+            self._planner.plan(profile)
 
-    def _idle_at(self, keeper: _Keeper, now: datetime) -> datetime:
-        return (keeper.last_used or now) + timedelta(seconds=self._refresh.idle_timeout_seconds)
+    def _idle_at(self, profile: _Profile, now: datetime) -> datetime:
+        return (profile.last_used or now) + timedelta(seconds=self._refresh.idle_timeout_seconds)
 
-    def _idle(self, keeper: _Keeper, now: datetime) -> bool:
-        return not keeper.prefetch and now >= self._idle_at(keeper, now)
+    def profile_wake(self, profile: _Profile, now: datetime) -> datetime | None:
+        """A profile's next turn: its next fetch, or the moment it goes idle."""
+        if profile.retired or not profile.renewing:
+            return None
+        fetch = self._next_fetch(profile, now)
+        if profile.prefetch:
+            return fetch
+        idle_at = self._idle_at(profile, now)
+        return idle_at if fetch is None else min(fetch, idle_at)
 
-    def _schedule(self, keeper: _Keeper, now: datetime) -> None:
-        """Plan the keeper's next turn: its next fetch, or the moment it goes idle."""
-        idle_at = self._idle_at(keeper, now)
-        if keeper.retired or self._idle(keeper, now):
-            if not keeper.retired:
-                log.info("profile_idle", profile=keeper.spec.name)
-            keeper.renewing = False
-            keeper.next_renewal = None
-            keeper.plan = None
+    async def profile_turn(self, profile: _Profile) -> None:
+        """Fetch if due; or, nobody having asked in ``idle_timeout_seconds``, stop renewing."""
+        now = self._clock.now()
+        if not profile.prefetch and now >= self._idle_at(profile, now):
+            # nobody asked for it (time may have jumped past both): no fetch for nobody
+            log.info("profile_idle", profile=profile.name)
+            profile.renewing = False
             return
-        wake = self._next_fetch(keeper, now)
-        keeper.next_renewal = wake
-        at = wake if keeper.prefetch else min(wake, idle_at)
-        keeper.plan = number = next(self._numbers)
-        heapq.heappush(self._plan, (at, number, keeper))
-        if self._sleep is not None and (self._sleep_until is None or at < self._sleep_until):
-            self._sleep.cancel()  # the renewal task sleeps past it: wake it to plan again
+        due = self._next_fetch(profile, now)
+        if due is not None and now >= due:
+            assert profile.flight is not None
+            with contextlib.suppress(CreddError):  # recorded by _failed, with its retry time
+                await profile.flight.run()
 
-    async def _renewals(self) -> None:
-        """Renew every profile in use ahead of expiry: one task, whatever their number.
-
-        A profile's turn comes at its next fetch, or when it would go idle
-        (nobody asked for ``idle_timeout_seconds``), whichever is first; a turn
-        that finds it still in use but not yet due plans the next one.
-        """
-        while True:
-            now = self._clock.now()
-            while self._plan and self._plan[0][0] <= now:
-                _at, number, keeper = heapq.heappop(self._plan)
-                if keeper.plan != number:
-                    continue  # planned again since, or retired
-                keeper.plan = None
-                wake = keeper.next_renewal
-                if (wake is not None and now < wake) or self._idle(keeper, now):
-                    # Not due yet (woke to check idleness), or nobody asked for it in
-                    # idle_timeout_seconds (time jumped past both): no fetch for nobody.
-                    self._schedule(keeper, now)
-                else:
-                    self._task_group.start_soon(
-                        self._renew, keeper, name=f"renew:{keeper.spec.name}"
-                    )
-            with anyio.CancelScope() as self._sleep:
-                self._sleep_until = self._plan[0][0] if self._plan else None
-                if self._sleep_until is None:
-                    await anyio.sleep_forever()
-                else:
-                    await self._clock.sleep_until(self._sleep_until)
-            self._sleep = None
-            self._sleep_until = None
-
-    async def _renew(self, keeper: _Keeper) -> None:
-        assert keeper.flight is not None
-        # A failure is recorded by _failed, with the retry time the next plan uses.
-        with contextlib.suppress(CreddError):
-            await keeper.flight.run()
-        self._schedule(keeper, self._clock.now())
-
-    def _next_fetch(self, keeper: _Keeper, now: datetime) -> datetime:
-        if keeper.retry_at is not None:
-            return keeper.retry_at
-        creds = keeper.creds
+    def _next_fetch(self, profile: _Profile, now: datetime) -> datetime | None:
+        record = profile.record
+        if record.problem is not None:
+            return now if record.other_changed() else record.retry_at
+        creds = record.value
         if creds is None:
             return now
         if creds.renew_by is not None:
             # The source says when it replaces them (a Sign-In session, ahead of the SDKs'
             # window, with a margin never smaller than this one): its time, jitter drawn once.
-            # A second draw here would renew at the earlier of two: more calls for nothing.
             return creds.renew_by
         return renewal_time(
             lifetime_start=creds.received_at,
             expires_at=creds.expiration,
             margin_seconds=self._refresh.credentials_margin_seconds,
-            draw=self._draw(),
+            draw=record.jitter,
         )
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start every session's renewal loop (each reads its cache first) and the prefetches."""
-        for session in list(self._sessions.values()):
-            await self._task_group.start(self._run_session, session)
-        self._task_group.start_soon(self._renewals, name="renewals")
+        """Read every session's cache, start the planner, and start the prefetches."""
+        await self._task_group.start(self._planner.run)
         self._running = True
-        for keeper in self._keepers.values():
-            if keeper.prefetch and not keeper.renewing:
-                self._start_keeper(keeper)
+        for session in list(self._sessions.values()):
+            session.start()
+            self._planner.plan(session)
+        for profile in self._profiles.values():
+            if profile.prefetch and not profile.renewing:
+                self._start_renewing(profile)
         task_status.started()
 
     # ------------------------------------------------------------------ sessions
@@ -503,62 +487,47 @@ class Broker:
         if session is None:
             raise NotServed(f"no session named {name!r}", hint="run: credd status")
         session.sync()
-        status = session.status()
-        if status.expires_at is None:
-            for keeper in self._keepers.values():
-                if keeper.session == name:
-                    keeper.creds = None
-        return status
+        return session.status()
 
     # ------------------------------------------------------------------ status
 
     def profile_statuses(self) -> list[ProfileStatus]:
         now = self._clock.now()
-        return [self._profile_status(k, now) for k in self._keepers.values()]
+        return [self._profile_status(p, now) for p in self._profiles.values()]
 
     def session_statuses(self) -> list[SessionStatus]:
         return [s.status() for s in self._sessions.values()]
 
-    def _session_action(self, keeper: _Keeper) -> str | None:
-        """What the profile's session says to run."""
-        session = self._sessions.get(keeper.session) if keeper.session else None
-        return session.status().action if session is not None else None
-
-    def _session_needs_login(self, keeper: _Keeper) -> bool:
-        session = self._sessions.get(keeper.session) if keeper.session else None
-        return session is not None and session.status().state is SessionState.LOGIN_REQUIRED
-
-    def _profile_status(self, keeper: _Keeper, now: datetime) -> ProfileStatus:
-        spec = keeper.spec
-        problem = keeper.problem
-        creds = keeper.usable(now)
+    def _profile_status(self, profile: _Profile, now: datetime) -> ProfileStatus:
+        spec = profile.spec
+        record = profile.record
+        problem = record.problem
+        creds = record.usable(now)
+        session = self._sessions.get(profile.session) if profile.session else None
         action: str | None = None
         if isinstance(problem, LoginRequired):
-            state = ProfileState.LOGIN_REQUIRED
-            action = problem.action
+            state, action = ProfileState.LOGIN_REQUIRED, problem.action
         elif isinstance(problem, AssertionRequired):
-            state = ProfileState.ASSERTION_REQUIRED
-            action = problem.hint
-        elif isinstance(problem, UpstreamError) and not problem.transient:
-            state = ProfileState.ERROR
-            action = problem.hint
+            state, action = ProfileState.ASSERTION_REQUIRED, problem.hint
+        elif record.fault is Fault.REFUSED:
+            state, action = ProfileState.ERROR, problem.hint if problem else None
         elif problem is not None:
             state = ProfileState.RETRYING
-        elif creds is None and self._session_needs_login(keeper):
+        elif creds is None and session is not None and session.record.parked:
             state = ProfileState.LOGIN_REQUIRED
-            action = self._session_action(keeper) or f"credd login {keeper.session}"
+            action = session.login_command
         elif creds is None:
             state = ProfileState.COLD
         else:
-            state = ProfileState.FRESH if keeper.renewing else ProfileState.IDLE
+            state = ProfileState.FRESH if profile.renewing else ProfileState.IDLE
         return ProfileStatus(
             name=spec.name,
             kind=spec.kind,
             source=spec.source,
             state=state,
             expiration=creds.expiration if creds else None,
-            next_renewal=keeper.next_renewal,
-            last_used=keeper.last_used,
+            next_renewal=self._next_fetch(profile, now) if profile.renewing else None,
+            last_used=profile.last_used,
             last_error=problem.message if problem else None,
             action=action,
         )

@@ -3,8 +3,9 @@
 A session holds what a sign-in left behind (a refresh token, a registration),
 renews its access token ahead of expiry, and hands a valid access token to
 whoever asks, or raises :class:`credd.errors.LoginRequired`. The machinery
-every kind shares (cache adoption, failure bookkeeping, the renewal loop) is
-:mod:`credd.sessions.renewing`'s.
+every kind shares (cache adoption, the lock and the compare-and-swap write,
+failure bookkeeping, the planner) is :mod:`credd.engine`'s; each module here
+is one kind's strategy.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
-
-import anyio.abc
 
 
 class SessionState(StrEnum):
@@ -46,27 +44,3 @@ class SessionStatus:
     who: str | None = None
     #: further facts of its kind (application, scopes asked and granted...); no secrets
     details: Mapping[str, object] | None = None
-
-
-class Session(Protocol):
-    """What the broker and the daemon need of any kind of session."""
-
-    name: str
-    kind: str
-    #: renew the access token this long before it lapses (capped at half a lifetime)
-    margin_seconds: float
-
-    @property
-    def spec(self) -> object:
-        """The configuration it was made from; a reload replaces it when this changes."""
-        ...
-
-    def status(self) -> SessionStatus: ...
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None:
-        """Keep the session alive until cancelled; ``task_status`` once its cache is read."""
-        ...
-
-    def sync(self) -> None:
-        """Re-read what another process (a login, a logout) may have written."""
-        ...

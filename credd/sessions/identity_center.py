@@ -2,31 +2,27 @@
 
 One :class:`IdentityCenterSession` per ``[sso-session]`` (or legacy start URL)
 owns the AWS CLI's token cache entry for it (protocols.md 6.1) and renews the
-access token with the refresh-token grant ahead of expiry. The rules that keep
-a rotated refresh token from ever being lost (design.md, rule 8), kept by
-:class:`~credd.sessions.renewing.SharedCacheSession` for it and for Sign-In:
-
-* every refresh re-reads the cache under the cross-process lock first, so a
-  token the AWS CLI or ``credd login`` wrote meanwhile is adopted, not fought;
-* the exchange and the write that follows run shielded from cancellation, and
-  the new token is on disk (fsync + rename) before anything uses it;
-* only an answer proving the refresh token dead turns the session into
-  "login required"; anything else keeps the old token and retries with backoff.
+access token with the refresh-token grant ahead of expiry. This module is the
+strategy (read the entry, exchange the refresh token, what its errors mean);
+adoption, the lock, the compare-and-swap write and the backoff are
+:class:`~credd.engine.session.KeptSession`'s, the same for every kind of sign-in.
+Only an answer proving the refresh token dead turns the session into "login
+required"; anything else keeps the old token and retries with backoff.
 
 Interactive login lives in :mod:`credd.sessions.sso_login`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from credd.aws import Answer
+from credd.aws import Answer, AwsClients
 from credd.config.settings import SsoSessionSpec
-from credd.errors import CreddError, LoginRequired, UpstreamError
-from credd.files.store import SsoToken
+from credd.engine.session import KeptSession, SessionContext
+from credd.errors import LoginRequired, UpstreamError
+from credd.files.store import Fingerprint, SsoCache, SsoToken
 from credd.secret import Secret
-from credd.sessions import SessionState
-from credd.sessions.renewing import SharedCacheSession
 
 REFRESH_GRANT = "refresh_token"
 #: the longest access token lifetime believed (a year): more is garbage
@@ -44,44 +40,35 @@ DEAD_SESSION_CODES = frozenset(
 )
 
 
-class IdentityCenterSession(SharedCacheSession[SsoSessionSpec, SsoToken]):
+class IdentityCenterStrategy:
+    """What an Identity Center session knows of its tokens."""
+
     kind = "identity-center"
+    nothing_cached = "no cached token"
+    begins_alone = False
 
-    # ------------------------------------------------------------------ the request path
+    def __init__(self, spec: SsoSessionSpec, *, cache: SsoCache, clients: AwsClients) -> None:
+        self._spec = spec
+        self._cache = cache
+        self._clients = clients
 
-    async def access_token(self) -> Secret:
-        """A valid access token, renewing it first if needed; raises :class:`LoginRequired`."""
-        now = self._clock.now()
-        self._adopt_if_changed(now)
-        token = self._usable(now)
-        if token is None:
-            if isinstance(self._problem, LoginRequired):
-                raise self._problem  # only a new login (adopted above) changes that
-            token = await self._flight.run()
-            if self._usable(self._clock.now()) is None:
-                raise LoginRequired(self.name, "the new access token is already expired")
-        return token.access_token
+    @property
+    def login_command(self) -> str:
+        return f"credd login {self._spec.name}"
 
-    async def token_rejected(self, rejected: Secret) -> Secret:
-        """The portal refused ``rejected``: renew it once, whatever its expiry said."""
-        self._rejected = rejected
-        if self._token is not None and self._token.access_token == rejected:
-            self._token = None
-        return await self.access_token()
+    def read(self) -> tuple[SsoToken | None, Fingerprint]:
+        return self._cache.load_entry(self._spec.cache_key)
 
-    # ------------------------------------------------------------------ refresh
-
-    @staticmethod
-    def _same(a: SsoToken, b: SsoToken) -> bool:
+    def same(self, a: SsoToken, b: SsoToken) -> bool:
         return a.access_token == b.access_token
 
-    def _renewable(self, token: SsoToken, now: datetime) -> bool:
+    def access(self, token: SsoToken) -> Secret:
+        return token.access_token
+
+    def renewable(self, token: SsoToken, now: datetime) -> bool:
         return token.can_refresh(now)
 
-    def _servable(self, token: SsoToken, now: datetime) -> bool:
-        return token.expires_at > now and token.access_token != self._rejected
-
-    def _unrenewable(self, token: SsoToken) -> str:
+    def unrenewable(self, token: SsoToken) -> str:
         reason = (
             "the client registration expired"
             if token.refresh_token and token.registration_expires_at
@@ -89,19 +76,28 @@ class IdentityCenterSession(SharedCacheSession[SsoSessionSpec, SsoToken]):
         )
         return f"access token expired and {reason}"
 
-    def _failure_state(self, problem: CreddError) -> SessionState:
-        # Identity Center sessions have always said "retrying" for every failure the
-        # backoff retries, a refused request too (Sign-In and trusted identity say "error").
-        return SessionState.RETRYING
+    def margin(self, configured: float) -> float:
+        return configured
 
-    async def _exchange(self, current: SsoToken, now: datetime) -> SsoToken:
-        # can_refresh() vouched for all three
+    def lifetime_start(self, token: SsoToken, now: datetime, *, renewed: bool) -> datetime:
+        return now
+
+    def input_changed(self) -> bool:
+        return False
+
+    def describe(self, token: SsoToken | None) -> tuple[str | None, Mapping[str, object] | None]:
+        return None, None
+
+    async def exchange(self, current: SsoToken | None, now: datetime) -> SsoToken:
+        # renewable() vouched for all three
+        assert current is not None
         assert current.refresh_token
         assert current.client_id
         assert current.client_secret
+        spec = self._spec
         try:
             async with self._clients.client(
-                "sso-oidc", region=self.spec.region, profile=self.spec.endpoint_profile
+                "sso-oidc", region=spec.region, profile=spec.endpoint_profile
             ) as oidc:
                 answer = await oidc.create_token(
                     clientId=current.client_id,
@@ -112,7 +108,7 @@ class IdentityCenterSession(SharedCacheSession[SsoSessionSpec, SsoToken]):
         except UpstreamError as exc:
             if exc.aws_code in DEAD_SESSION_CODES:
                 reason = f"the refresh token was refused ({exc.aws_code})"
-                raise self._login_required(reason) from exc
+                raise LoginRequired(spec.name, reason, action=self.login_command) from exc
             raise
         # Types checked: garbage is an UpstreamError (retried), never a dead session, and
         # nothing of it is kept: the refresh token held stays the one on disk.
@@ -125,3 +121,26 @@ class IdentityCenterSession(SharedCacheSession[SsoSessionSpec, SsoToken]):
             now + timedelta(seconds=lifetime),
             Secret(rotated) if rotated else None,
         )
+
+
+class IdentityCenterSession(KeptSession[SsoToken]):
+    """An ``[sso-session]``, kept alive; its access token is what GetRoleCredentials takes."""
+
+    def __init__(
+        self,
+        spec: SsoSessionSpec,
+        *,
+        cache: SsoCache,
+        clients: AwsClients,
+        context: SessionContext,
+    ) -> None:
+        strategy = IdentityCenterStrategy(spec, cache=cache, clients=clients)
+        super().__init__(spec, strategy, cache=cache, key=spec.cache_key, context=context)
+
+    async def access_token(self) -> Secret:
+        """A valid access token, renewing it first if needed; raises :class:`LoginRequired`."""
+        return (await self.token()).access_token
+
+    async def token_rejected(self, rejected: Secret) -> Secret:
+        """The portal refused ``rejected``: renew it once, whatever its expiry said."""
+        return (await self.reject(rejected)).access_token

@@ -21,32 +21,31 @@ No SDK then ever sees credentials it wants to replace, and no AWS CLI reading
 the shared cache starts a refresh of its own that would rotate the refresh
 token under credd (protocols.md 7.4, "Implication").
 
-The rules that keep a rotated refresh token from ever being lost are those of
-:mod:`credd.sessions.identity_center`, kept for both by
-:class:`~credd.sessions.renewing.SharedCacheSession`: every refresh re-reads the cache under
-the cross-process lock and adopts what ``aws`` wrote meanwhile; the exchange and
-the write run shielded; the new refresh token is on disk (fsync + rename)
-before the new credentials are used; only answers that prove the session dead
-(``TOKEN_EXPIRED``, ``USER_CREDENTIALS_CHANGED``) make it "login required".
+This module is the strategy; the rules that keep a rotated refresh token from
+ever being lost (adoption, the lock, the compare-and-swap write, the backoff)
+are :class:`~credd.engine.session.KeptSession`'s, the same for every kind of
+sign-in. Only answers that prove the session dead (``TOKEN_EXPIRED``,
+``USER_CREDENTIALS_CHANGED``) make it "login required".
 
 Interactive login lives in :mod:`credd.sessions.signin_login`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from credd.aws import Answer
+from credd.aws import Answer, AwsClients
 from credd.clock import Clock
 from credd.config.settings import SigninSessionSpec
+from credd.engine.session import KeptSession, SessionContext
 from credd.errors import CreddError, LoginRequired, UpstreamError
-from credd.files.store import CacheCorrupt, LoginCache, LoginToken
+from credd.files.store import CacheCorrupt, Fingerprint, LoginCache, LoginToken
 from credd.secret import Secret
 from credd.sessions import SessionState, SessionStatus
 from credd.sessions.dpop import HEADER, DpopKey
-from credd.sessions.renewing import SharedCacheSession
 
 SERVICE: Final = "signin"
 REFRESH_GRANT: Final = "refresh_token"
@@ -148,102 +147,69 @@ class SigninCredentials:
         return f"SigninCredentials(access_key_id={self.token.access_key_id!r})"
 
 
-class SigninSession(SharedCacheSession[SigninSessionSpec, LoginToken]):
+class SigninStrategy:
+    """What a Sign-In session knows of its credentials and their renewal."""
+
     kind = "signin"
     nothing_cached = "no cached credentials"
-    expired = "the credentials expired and cannot be renewed"
+    begins_alone = False
 
-    @property
-    def login_name(self) -> str:
-        return self._spec.profile
+    def __init__(
+        self, spec: SigninSessionSpec, *, cache: LoginCache, clients: AwsClients, clock: Clock
+    ) -> None:
+        self._spec = spec
+        self._cache = cache
+        self._clients = clients
+        self._clock = clock
 
     @property
     def login_command(self) -> str:
         return self._spec.login_command
 
-    # ------------------------------------------------------------------ timing
+    def read(self) -> tuple[LoginToken | None, Fingerprint]:
+        return self._cache.load_entry(self._spec.cache_key)
 
-    @property
-    def _renewal_margin(self) -> float:
-        return max(self.margin_seconds, MIN_MARGIN_SECONDS)
+    def same(self, a: LoginToken, b: LoginToken) -> bool:
+        return a.access_key_id == b.access_key_id and a.refresh_token == b.refresh_token
 
-    def _due(self, token: LoginToken, now: datetime) -> bool:
-        """Past the earliest point any jitter could put its renewal."""
-        return now >= self._renewal_time(token, 1.0)
+    def access(self, token: LoginToken) -> Secret:
+        return token.session_token
 
-    def _adopted_since(self, token: LoginToken, now: datetime) -> datetime:
+    def renewable(self, token: LoginToken, now: datetime) -> bool:
+        return token.refresh_token is not None
+
+    def unrenewable(self, token: LoginToken) -> str:
+        return "the credentials expired and the cache has no refresh token"
+
+    def margin(self, configured: float) -> float:
+        return max(configured, MIN_MARGIN_SECONDS)
+
+    def lifetime_start(self, token: LoginToken, now: datetime, *, renewed: bool) -> datetime:
+        if renewed:
+            return now
         # Credentials another process fetched: they started at most 15 minutes
         # before they end, and no later than now.
         return min(now, token.expires_at - timedelta(seconds=MAX_LIFETIME_SECONDS))
 
-    # ------------------------------------------------------------------ what profiles ask for
+    def input_changed(self) -> bool:
+        return False
 
-    async def credentials(self, *, replacing: str | None = None) -> SigninCredentials:
-        """Valid credentials, renewed first if they are due.
+    def describe(self, token: LoginToken | None) -> tuple[str | None, Mapping[str, object] | None]:
+        return None, None
 
-        ``replacing`` is the access key id of the credentials the caller holds
-        and wants replaced: those are renewed even if not yet due. When a
-        renewal fails, credentials the caller does not hold yet are still handed
-        out while valid (last good wins); the caller's own are not handed back.
-        Raises :class:`LoginRequired` or :class:`UpstreamError`.
-        """
-        now = self._clock.now()
-        self._adopt_if_changed(now)
-        token = self._usable(now)
-        new_to_caller = token is not None and token.access_key_id != replacing
-        if token is not None and new_to_caller and not self._due(token, now):
-            return self._handed(token)
-        try:
-            renewed = await self._renew_now(now)
-        except CreddError:
-            if token is not None and new_to_caller and self._usable(self._clock.now()) is token:
-                return self._handed(token)
-            raise
-        return self._handed(renewed)
-
-    def _handed(self, token: LoginToken) -> SigninCredentials:
-        return SigninCredentials(
-            token=token,
-            issued_at=self._lifetime_start or self._clock.now(),
-            renew_by=self._renewal_time(token, self._jitter),
-        )
-
-    async def _renew_now(self, now: datetime) -> LoginToken:
-        problem = self._problem
-        if problem is not None and (self._parked or not self._retry_due(now)):
-            raise problem  # parked until a new login (adopted above), or backing off
-        await self._flight.run()
-        token = self._usable(self._clock.now())
-        if token is None:
-            raise self._login_required("the renewed credentials are already expired")
-        return token
-
-    # ------------------------------------------------------------------ refresh
-
-    @staticmethod
-    def _same(a: LoginToken, b: LoginToken) -> bool:
-        return a.access_key_id == b.access_key_id and a.refresh_token == b.refresh_token
-
-    def _renewable(self, token: LoginToken, now: datetime) -> bool:
-        return token.refresh_token is not None
-
-    def _servable(self, token: LoginToken, now: datetime) -> bool:
-        return self._usable(now) is not None
-
-    def _unrenewable(self, token: LoginToken) -> str:
-        return "the credentials expired and the cache has no refresh token"
-
-    async def _exchange(self, current: LoginToken, now: datetime) -> LoginToken:
+    async def exchange(self, current: LoginToken | None, now: datetime) -> LoginToken:
+        assert current is not None  # renewable() vouched for it
         refresh_token = current.refresh_token
-        assert refresh_token is not None  # _renewable() vouched for it
+        assert refresh_token is not None
+        spec = self._spec
         try:
             key = DpopKey.from_pem(current.dpop_key.reveal())
         except ValueError as exc:
             reason = f"the login cache's dpopKey cannot be used: {exc}"
-            raise self._login_required(reason) from exc
+            raise LoginRequired(spec.name, reason, action=spec.login_command) from exc
         try:
             async with self._clients.client(
-                SERVICE, region=self._spec.region, profile=self._spec.endpoint_profile
+                SERVICE, region=spec.region, profile=spec.endpoint_profile
             ) as signin:
                 attach_proofs(signin, key, self._clock)
                 # The wire body is the bare object: tokenInput is the HTTP payload (4.2).
@@ -255,7 +221,7 @@ class SigninSession(SharedCacheSession[SigninSessionSpec, LoginToken]):
                     }
                 )
         except UpstreamError as exc:
-            raise explain_refusal(exc, self._spec) from exc
+            raise explain_refusal(exc, spec) from exc
         # Types checked: garbage is an UpstreamError (retried), never a dead session.
         output = Answer(answer, "signin CreateOAuth2Token").member("tokenOutput")
         creds = output.member("accessToken")
@@ -270,6 +236,52 @@ class SigninSession(SharedCacheSession[SigninSessionSpec, LoginToken]):
             expires_at=now + timedelta(seconds=min(lifetime, MAX_LIFETIME_SECONDS)),
             # Always present per the model; were it missing, the old one is all there is.
             refresh_token=Secret(rotated) if rotated else refresh_token,
+        )
+
+
+class SigninSession(KeptSession[LoginToken]):
+    """A ``login_session``, kept alive: its credentials are the served ones."""
+
+    def __init__(
+        self,
+        spec: SigninSessionSpec,
+        *,
+        cache: LoginCache,
+        clients: AwsClients,
+        context: SessionContext,
+    ) -> None:
+        strategy = SigninStrategy(spec, cache=cache, clients=clients, clock=context.clock)
+        super().__init__(spec, strategy, cache=cache, key=spec.cache_key, context=context)
+
+    async def credentials(self, *, replacing: str | None = None) -> SigninCredentials:
+        """Valid credentials, renewed first if they are due.
+
+        ``replacing`` is the access key id of the credentials the caller holds
+        and wants replaced: those are renewed even if not yet due. When a
+        renewal fails, credentials the caller does not hold yet are still handed
+        out while valid (last good wins); the caller's own are not handed back.
+        Raises :class:`LoginRequired` or :class:`UpstreamError`.
+        """
+        if self._stale:
+            await self._sync()
+        now = self._clock.now()
+        token = self.usable()
+        new_to_caller = token is not None and token.access_key_id != replacing
+        if token is not None and new_to_caller and not self._due(token, now):
+            return self._handed(token)
+        try:
+            renewed = await self.renew_now()
+        except CreddError:
+            if token is not None and new_to_caller and self.usable() is token:
+                return self._handed(token)
+            raise
+        return self._handed(renewed)
+
+    def _handed(self, token: LoginToken) -> SigninCredentials:
+        return SigninCredentials(
+            token=token,
+            issued_at=self._lifetime_start or self._clock.now(),
+            renew_by=self.renew_by(token),
         )
 
 
@@ -295,4 +307,4 @@ def offline_status(spec: SigninSessionSpec, cache: LoginCache, now: datetime) ->
             error = "the credentials lapsed over 12 hours ago: the Sign-In session is over"
         else:
             state, action = SessionState.OK, None
-    return SessionStatus(spec.name, SigninSession.kind, state, expires_at, None, error, action)
+    return SessionStatus(spec.name, SigninStrategy.kind, state, expires_at, None, error, action)

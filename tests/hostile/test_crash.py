@@ -493,8 +493,9 @@ async def test_kill_9_during_login_keeps_the_session_and_a_new_login_works(
 
 # ------------------------------------------------------------------------------- the write
 
-#: what another tool added to the token file: enough that writing it takes a while
-PADDING = 8 * 1024 * 1024
+#: what another tool added to the token file: enough that writing it takes a while, and
+#: still under the largest cache file credd reads (MAX_CACHE_BYTES)
+PADDING = 768 * 1024
 #: credd's own atomic write in a process of its own, rewriting the token file forever
 WRITER = """\
 import json, sys
