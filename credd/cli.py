@@ -17,14 +17,19 @@ import signal
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import anyio
 
 from credd import __version__
 from credd.config.load import load_settings
-from credd.config.settings import Settings, SigninSessionSpec, TrustedIdentitySpec
+from credd.config.settings import (
+    SessionSpec,
+    Settings,
+    SigninSessionSpec,
+    SsoSessionSpec,
+    TrustedIdentitySpec,
+)
 from credd.errors import ConfigError, CreddError, DaemonUnavailable, NotServed
 from credd.files.paths import resolve_paths
 
@@ -207,7 +212,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
 # --------------------------------------------------------------------------- login, logout
 
 
-def _session_spec(settings: Settings, name: str) -> Any:
+def _session_spec(settings: Settings, name: str) -> SessionSpec:
     spec = settings.session_for(name)
     if spec is None:
         reason = settings.unserved.get(name)
@@ -224,23 +229,23 @@ def _login(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
     if args.signin or args.remote or isinstance(settings.session_for(args.name), SigninSessionSpec):
         _login_signin(settings, args, debug)
         return
+    from credd import wiring
     from credd.clock import SystemClock
-    from credd.daemon import aws_clients, sso_cache
     from credd.log import configure_logging
+    from credd.sessions.loopback import LoginOptions
     from credd.sessions.prompt import TerminalLoginUI
-    from credd.sessions.sso_login import LoginOptions, SsoLogin
 
     configure_logging("debug" if debug else "warning", "console")
     spec = _session_spec(settings, args.name)
     if isinstance(spec, TrustedIdentitySpec):
         _login_trusted_identity(settings, spec, args)
         return
+    assert isinstance(spec, SsoSessionSpec)  # Sign-In's went to _login_signin
     clock = SystemClock()
     ui = TerminalLoginUI(clock)
-    login = SsoLogin(
+    login = wiring.sso_login(
+        settings,
         spec,
-        cache=sso_cache(settings),
-        clients=aws_clients(settings),
         clock=clock,
         ui=ui,
         options=LoginOptions(device=args.device, open_browser=not args.no_browser),
@@ -279,20 +284,16 @@ def _with_spinner(
 def _login_trusted_identity(
     settings: Settings, spec: TrustedIdentitySpec, args: argparse.Namespace
 ) -> None:
+    from credd import wiring
     from credd.clock import SystemClock
-    from credd.daemon import aws_clients, trusted_identity_cache
-    from credd.sessions.iam_login import login_trusted_identity
     from credd.sessions.loopback import LoginOptions
     from credd.sessions.prompt import TerminalLoginUI
 
     clock = SystemClock()
     ui = TerminalLoginUI(clock)
-    login = functools.partial(
-        login_trusted_identity,
+    login = wiring.trusted_identity_login(
+        settings,
         spec,
-        cache=trusted_identity_cache(settings),
-        clients=aws_clients(settings),
-        signer=_signer(settings, spec.source_profile),
         clock=clock,
         ui=ui,
         options=LoginOptions(device=args.device, open_browser=not args.no_browser),
@@ -305,31 +306,6 @@ def _login_trusted_identity(
         file=sys.stderr,
     )
     _tell_daemon(settings, spec.name, logged_in=True)
-
-
-def _signer(settings: Settings, source: str | None) -> Any:
-    """The keys of ``source`` as the CLI gets them: a served profile's from the daemon."""
-    from credd.aws import SigningKeys
-    from credd.daemon import aws_clients
-    from credd.endpoint import client
-    from credd.profiles import source_keys
-    from credd.secret import Secret
-
-    async def served(name: str) -> SigningKeys:
-        path = f"/v1/credentials/{_quote(name)}"
-        creds = await anyio.to_thread.run_sync(client.request, settings, path)
-        token = creds.get("Token")
-        return SigningKeys(
-            creds["AccessKeyId"], Secret(creds["SecretAccessKey"]), Secret(token) if token else None
-        )
-
-    return functools.partial(
-        source_keys,
-        source,
-        sources=settings.sources,
-        served=served,
-        clients=aws_clients(settings),
-    )
 
 
 def _tell_daemon(
@@ -371,14 +347,14 @@ def _reloaded(settings: Settings) -> bool:
 
 def _login_signin(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
     """``credd login PROFILE --signin [--remote]``: as ``aws login``, profile written at the end."""
+    from credd import wiring
     from credd.clock import SystemClock
     from credd.config.settings import DEFAULT_SIGNIN_REGION, SigninProfile
     from credd.config.writer import inspect_profile, write_login_session
-    from credd.daemon import aws_clients, login_cache
     from credd.errors import LoginError
     from credd.log import configure_logging
     from credd.sessions.prompt import TerminalLoginUI
-    from credd.sessions.signin_login import SigninLogin, SigninLoginOptions, SigninTarget
+    from credd.sessions.signin_login import SigninLoginOptions, SigninTarget
 
     configure_logging("debug" if debug else "warning", "console")
     if args.device:
@@ -396,10 +372,9 @@ def _login_signin(settings: Settings, args: argparse.Namespace, debug: bool) -> 
     region = before.region or DEFAULT_SIGNIN_REGION
     clock = SystemClock()
     ui = TerminalLoginUI(clock)
-    login = SigninLogin(
+    login = wiring.signin_login(
+        settings,
         SigninTarget(profile, region, profile if before.exists else None),
-        cache=login_cache(settings),
-        clients=aws_clients(settings),
         clock=clock,
         ui=ui,
         options=SigninLoginOptions(remote=args.remote, open_browser=not args.no_browser),
@@ -443,69 +418,20 @@ def _confirm(question: str) -> bool:
     return sys.stdin.readline().strip().lower() in {"y", "yes"}
 
 
-def _logout_signin(settings: Settings, spec: SigninSessionSpec) -> None:
-    """Forget the login cache entry, as ``aws logout`` does (Sign-In has no public logout call)."""
-    from credd.daemon import login_cache
-
-    cache = login_cache(settings)
-    anyio.run(
-        _locked, cache.lock(spec.cache_key), functools.partial(cache.delete_token, spec.cache_key)
-    )
-    print(f"Logged out of {spec.name} (profile {spec.profile}).", file=sys.stderr)
-    _tell_daemon(settings, spec.name, logged_in=False)
-
-
 def _logout(settings: Settings, name: str) -> None:
-    from credd.daemon import aws_clients, sso_cache
-    from credd.files.store import CacheCorrupt
+    from credd import wiring
 
     spec = _session_spec(settings, name)
-    if isinstance(spec, TrustedIdentitySpec):
-        _logout_trusted_identity(settings, spec)
-        return
-    if isinstance(spec, SigninSessionSpec):
-        _logout_signin(settings, spec)
-        return
-    cache = sso_cache(settings)
-
-    async def run() -> str | None:
-        warning = None
-        try:
-            token = cache.load_token(spec.cache_key)
-        except CacheCorrupt:
-            token = None
-        if token is not None:
-            try:
-                async with aws_clients(settings).client(
-                    "sso", region=spec.region, profile=spec.endpoint_profile
-                ) as portal:
-                    await portal.logout(accessToken=token.access_token.reveal())
-            except CreddError as exc:
-                warning = f"the portal's Logout failed ({exc}); the local session is gone anyway"
-        async with cache.lock(spec.cache_key):
-            cache.delete_token(spec.cache_key)
-        return warning
-
-    warning = anyio.run(run)
-    if warning:
-        print(f"credd: warning: {warning}", file=sys.stderr)
-    print(f"Logged out of {spec.name}.", file=sys.stderr)
-    _tell_daemon(settings, spec.name, logged_in=False)
-
-
-async def _locked(lock: AbstractAsyncContextManager[None], work: Callable[[], object]) -> None:
-    """``work`` (a cache write or delete) under the cache's cross-process lock."""
-    async with lock:
-        work()
-
-
-def _logout_trusted_identity(settings: Settings, spec: TrustedIdentitySpec) -> None:
-    """Forget the tokens: CreateTokenWithIAM has no logout, so that is all there is."""
-    from credd.daemon import trusted_identity_cache
-
-    cache = trusted_identity_cache(settings)
-    anyio.run(_locked, cache.lock(spec.name), functools.partial(cache.delete_token, spec.name))
-    print(f"Logged out of {spec.name}.", file=sys.stderr)
+    refused = anyio.run(wiring.log_out, settings, spec)
+    if refused is not None:
+        print(
+            f"credd: warning: the portal's Logout failed ({refused}); "
+            "the local session is gone anyway",
+            file=sys.stderr,
+        )
+    # a Sign-In session is named by its ARN: the profile tells the user which one it was
+    detail = f" (profile {spec.profile})" if isinstance(spec, SigninSessionSpec) else ""
+    print(f"Logged out of {spec.name}{detail}.", file=sys.stderr)
     _tell_daemon(settings, spec.name, logged_in=False)
 
 
@@ -514,35 +440,15 @@ def _logout_trusted_identity(settings: Settings, spec: TrustedIdentitySpec) -> N
 
 def _status(settings: Settings, *, as_json: bool) -> None:
     from credd.endpoint import client
-    from credd.endpoint.status import offline_sessions, render_status, status_document
+    from credd.endpoint.status import render_status
 
     try:
         document = client.request(settings, "/v1/status")
     except DaemonUnavailable:
+        from credd import wiring
         from credd.clock import SystemClock
-        from credd.config.settings import SsoSessionSpec
-        from credd.daemon import login_cache, sso_cache, trusted_identity_cache
-        from credd.sessions.signin import offline_status as signin_status
-        from credd.sessions.trusted_identity import offline_status
 
-        now = SystemClock().now()
-        specs = settings.sessions.values()
-        tokens = trusted_identity_cache(settings)
-        trusted = [
-            offline_status(s, tokens, now) for s in specs if isinstance(s, TrustedIdentitySpec)
-        ]
-        sso = [s for s in specs if isinstance(s, SsoSessionSpec)]
-        signin = [
-            signin_status(s, login_cache(settings), now)
-            for s in specs
-            if isinstance(s, SigninSessionSpec)
-        ]
-        document = status_document(
-            daemon={"running": False},
-            sessions=[*offline_sessions(sso, sso_cache(settings), now), *trusted, *signin],
-            profiles=[],
-            unserved=settings.unserved,
-        )
+        document = wiring.offline_status(settings, SystemClock().now())
     print(json.dumps(document, indent=2) if as_json else render_status(document))
 
 

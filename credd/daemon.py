@@ -16,12 +16,10 @@ import contextlib
 import dataclasses
 import functools
 import os
-import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,7 +27,6 @@ import structlog
 from aiohttp import web
 
 from credd import __version__
-from credd.aws import AwsClients
 from credd.clock import Clock, SystemClock
 from credd.config.load import load_settings
 from credd.config.settings import (
@@ -44,19 +41,23 @@ from credd.endpoint.server import Endpoint, make_server
 from credd.endpoint.status import status_document
 from credd.engine.broker import DEFAULT_REQUEST_DEADLINE, Broker
 from credd.errors import CreddError
-from credd.files.paths import Paths
-from credd.files.store import JsonCacheDir, LoginCache, SsoCache, atomic_write, format_timestamp
+from credd.files.store import atomic_write, format_timestamp
 from credd.platform.desktop import notify_login_required
 from credd.platform.systemd import Notifier, listen_sockets, watchdog_interval
 from credd.sessions import Session, SessionState
-from credd.sessions.iam_tokens import IamTokenCache
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.renewing import SessionContext
 from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
+from credd.wiring import (
+    aws_clients,
+    ensure_endpoint_token,
+    login_cache,
+    sso_cache,
+    trusted_identity_cache,
+)
 
 log = structlog.get_logger(__name__)
 
-TOKEN_BYTES = 32
 #: how long a stop waits for in-flight requests (they take at most the request deadline)
 DRAIN_SECONDS = 5.0
 #: pending connections the kernel queues before credd accepts them
@@ -174,43 +175,6 @@ async def run_watchdog(notifier: Notifier, interval: float) -> None:
     while True:
         notifier.watchdog()
         await anyio.sleep(interval)
-
-
-def ensure_endpoint_token(path: Path) -> str:
-    """The endpoint token: kept if present and sound, else made and written (0600, no newline)."""
-    try:
-        existing = path.read_text(encoding="ascii")
-        if len(existing) >= 43 and existing.isprintable() and existing.strip() == existing:
-            return existing
-    except (OSError, UnicodeDecodeError):
-        pass
-    token = secrets.token_urlsafe(TOKEN_BYTES)  # 43 characters, 256 bits
-    atomic_write(path, token.encode("ascii"))  # 0600
-    return token
-
-
-def _cache_dir(paths: Paths, directory: Path) -> JsonCacheDir:
-    """``directory`` with credd's locks and its copies of unreadable files (state dir)."""
-    return JsonCacheDir(directory, paths.lock_dir, paths.state_dir / "unreadable")
-
-
-def sso_cache(settings: Settings) -> SsoCache:
-    return SsoCache(_cache_dir(settings.paths, settings.paths.sso_cache_dir))
-
-
-def login_cache(settings: Settings) -> LoginCache:
-    """``~/.aws/login/cache`` (``$AWS_LOGIN_CACHE_DIRECTORY``), shared with ``aws login``."""
-    return LoginCache(_cache_dir(settings.paths, settings.paths.login_cache_dir))
-
-
-def trusted_identity_cache(settings: Settings) -> IamTokenCache:
-    return IamTokenCache(_cache_dir(settings.paths, settings.paths.trusted_identity_cache_dir))
-
-
-def aws_clients(settings: Settings, *, keep_open: bool = False) -> AwsClients:
-    return AwsClients(
-        settings.paths.aws_config_file, settings.paths.aws_credentials_file, keep_open=keep_open
-    )
 
 
 async def run_daemon(
