@@ -39,14 +39,15 @@ from credd.config.settings import (
 from credd.endpoint.limits import EndpointLoad
 from credd.endpoint.server import Endpoint, make_server
 from credd.endpoint.status import status_document
-from credd.engine.broker import DEFAULT_REQUEST_DEADLINE, Broker
+from credd.engine.broker import DEFAULT_REQUEST_DEADLINE, Broker, Session
+from credd.engine.session import SessionContext
+from credd.engine.watch import CacheWatcher
 from credd.errors import CreddError
 from credd.files.store import atomic_write, format_timestamp
 from credd.platform.desktop import notify_login_required
 from credd.platform.systemd import Notifier, listen_sockets, watchdog_interval
-from credd.sessions import Session, SessionState
+from credd.sessions import SessionState
 from credd.sessions.identity_center import IdentityCenterSession
-from credd.sessions.renewing import SessionContext
 from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
 from credd.wiring import (
     aws_clients,
@@ -62,7 +63,6 @@ log = structlog.get_logger(__name__)
 DRAIN_SECONDS = 5.0
 #: pending connections the kernel queues before credd accepts them
 BACKLOG = 1024
-STATUS_INTERVAL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class DaemonControl:
         self.listen: str | None = None
         self.load = EndpointLoad(settings.server)
         self.stopping = anyio.Event()
+        self._status_published = ""
 
     def apply(self, settings: Settings) -> None:
         self._broker.apply(
@@ -157,17 +158,15 @@ class DaemonControl:
             parts.append("login needed: " + ", ".join(sorted(needing)))
         return "; ".join(parts)
 
-    async def run_status(self) -> None:
-        """Keep systemd's STATUS= line current."""
+    def publish_status(self) -> None:
+        """Keep systemd's STATUS= line current: told after every turn, never polled, so
+        that an idle daemon sleeps."""
         if not self._notifier.enabled:
             return
-        last = ""
-        while True:
-            line = self.status_line()
-            if line != last:
-                self._notifier.status(line)
-                last = line
-            await anyio.sleep(STATUS_INTERVAL_SECONDS)
+        line = self.status_line()
+        if line != self._status_published:
+            self._notifier.status(line)
+            self._status_published = line
 
 
 async def run_watchdog(notifier: Notifier, interval: float) -> None:
@@ -214,7 +213,9 @@ async def run_daemon(
             signin = isinstance(spec, SigninSessionSpec)
             # Sign-In's credentials are the served ones (interface.md): theirs is that margin
             margin = refresh.credentials_margin_seconds if signin else refresh.token_margin_seconds
-            context = SessionContext(clock, tg, margin, on_login_required=login_required)
+            context = SessionContext(
+                clock, tg, margin, on_login_required=login_required, records=broker.record
+            )
             if isinstance(spec, SigninSessionSpec):
                 # imported only when used: with it comes cryptography, some 7 MB
                 from credd.sessions.signin import SigninSession
@@ -231,11 +232,14 @@ async def run_daemon(
                 )
             return IdentityCenterSession(spec, cache=cache, clients=clients, context=context)
 
+        watcher = CacheWatcher()
+        await tg.start(watcher.run)
         broker = Broker(
             make_session=make_session,
             clients=clients,
             clock=clock,
             task_group=tg,
+            watcher=watcher,
             request_deadline=request_deadline,
         )
         control = DaemonControl(settings, broker, notifier, clock)
@@ -254,7 +258,7 @@ async def run_daemon(
                 handle = DaemonHandle(host, port, token, broker, control)
                 if watchdog is not None:
                     tg.start_soon(run_watchdog, notifier, watchdog)
-                tg.start_soon(control.run_status)
+                broker.on_activity = control.publish_status
                 notifier.ready(control.status_line())
                 log.info(
                     "credd_ready",

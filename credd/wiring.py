@@ -67,24 +67,32 @@ def ensure_endpoint_token(path: Path) -> str:
 # --------------------------------------------------------------------------- caches, clients
 
 
-def _cache_dir(paths: Paths, directory: Path) -> JsonCacheDir:
-    """``directory`` with credd's locks and its copies of unreadable files (state dir)."""
-    return JsonCacheDir(directory, paths.lock_dir, paths.state_dir / "unreadable")
+def _cache_dir(paths: Paths, directory: Path, kind: str) -> JsonCacheDir:
+    """``directory`` with credd's locks, its copies of unreadable files and its rescue
+    copies of tokens it could not write there (in the state directory, one per ``kind``)."""
+    return JsonCacheDir(
+        directory,
+        paths.lock_dir,
+        paths.state_dir / "unreadable",
+        rescue_dir=paths.state_dir / "rescue" / kind,
+    )
 
 
 def sso_cache(settings: Settings) -> SsoCache:
     """``~/.aws/sso/cache``, shared with the AWS CLI and the SDKs."""
-    return SsoCache(_cache_dir(settings.paths, settings.paths.sso_cache_dir))
+    return SsoCache(_cache_dir(settings.paths, settings.paths.sso_cache_dir, "sso"))
 
 
 def login_cache(settings: Settings) -> LoginCache:
     """``~/.aws/login/cache`` (``$AWS_LOGIN_CACHE_DIRECTORY``), shared with ``aws login``."""
-    return LoginCache(_cache_dir(settings.paths, settings.paths.login_cache_dir))
+    return LoginCache(_cache_dir(settings.paths, settings.paths.login_cache_dir, "login"))
 
 
 def trusted_identity_cache(settings: Settings) -> IamTokenCache:
     """credd's own store of CreateTokenWithIAM tokens, in its state directory."""
-    return IamTokenCache(_cache_dir(settings.paths, settings.paths.trusted_identity_cache_dir))
+    return IamTokenCache(
+        _cache_dir(settings.paths, settings.paths.trusted_identity_cache_dir, "tokens")
+    )
 
 
 def aws_clients(settings: Settings, *, keep_open: bool = False) -> AwsClients:
