@@ -2,13 +2,15 @@
 
 Run from the repository root, with credd installed in the interpreter you use::
 
-    python bench/idle.py [--sessions 20] [--seconds 60] [--settle 5]
+    python bench/idle.py [--sessions 20] [--seconds 60] [--settle 20]
 
 In a throwaway HOME (:mod:`harness`: the emulator, the headless browser): an AWS
 config with ``--sessions`` Identity Center sessions, each with one role profile
 (GetRoleCredentials); ``credd login`` for each; ``credd serve``; every profile
 GET once through the endpoint, so that every session holds an access token and
-every profile credentials to keep alive. After ``--settle`` seconds, a quiet
+every profile credentials to keep alive. After ``--settle`` seconds (20: the
+AWS clients' idle connections to the emulator close about 12 s after their last
+call, a one-off that is not the cost of being idle), a quiet
 window of ``--seconds`` (60) with no request at all, read from ``/proc`` at both
 ends:
 
@@ -313,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sessions", type=int, default=20, help="sessions, one profile each")
     parser.add_argument("--seconds", type=float, default=60.0, help="the quiet window (60)")
-    parser.add_argument("--settle", type=float, default=5.0, help="rest before the window (5)")
+    parser.add_argument("--settle", type=float, default=20.0, help="rest before the window (20)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary HOME and logs")
     parser.add_argument(
         "--event-loop",
