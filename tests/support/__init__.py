@@ -15,6 +15,8 @@
 - :mod:`tests.support.signin`: AWS Sign-In as the AWS CLI and a user do it (DPoP proofs,
   the browser step, the code exchange) and ``credd login --signin`` in process.
 - :mod:`tests.support.systemd`: systemd tools and unit-file reading.
+- :mod:`tests.support.old_sdks`: SDKs older than the token file (Debian's botocore and Go
+  SDK v2), run in the environment ``credd env`` prints.
 
 Fixtures live in ``tests/conftest.py``; nothing here is a fixture.
 """
