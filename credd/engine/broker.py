@@ -240,6 +240,8 @@ class Broker:
 
     def _stop_session(self, name: str) -> None:
         session = self._sessions.pop(name)
+        session.replan = lambda: None
+        session.on_change = lambda _session: None
         self._planner.drop(session)
         unwatch = self._unwatch.pop(name, None)
         if unwatch is not None:

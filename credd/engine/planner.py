@@ -67,6 +67,8 @@ class Planner:
         self._numbers = itertools.count()
         #: jobs whose turn is running: planned again when it ends
         self._busy: set[Job] = set()
+        #: jobs dropped while their turn ran: not planned again when it ends
+        self._dropped: set[Job] = set()
         self._sleep: anyio.CancelScope | None = None
         self._sleep_until: datetime | None = None
 
@@ -85,8 +87,10 @@ class Planner:
         return when
 
     def drop(self, job: Job) -> None:
-        """Plan nothing more for ``job`` (a reload removed it)."""
+        """Plan nothing more for ``job`` (a reload removed it), even if its turn is running."""
         self._entries.pop(job, None)
+        if job in self._busy:
+            self._dropped.add(job)
 
     def planned(self, job: Job) -> bool:
         return job in self._entries or job in self._busy
@@ -122,5 +126,8 @@ class Planner:
             log.error("turn_bug", job=job.name, error=InternalFailure(exc).message)  # noqa: TRY400
         finally:
             self._busy.discard(job)
-            self.plan(job)
+            if job in self._dropped:
+                self._dropped.discard(job)
+            else:
+                self.plan(job)
             self._after_turn()

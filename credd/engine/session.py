@@ -534,6 +534,8 @@ class KeptSession(Generic[T]):
                 adopted = self._servable(now)
                 if adopted is not None:
                     return adopted
+                if record.problem is not None:
+                    raise record.problem from None  # what the other writer left: a logout
                 raise
             except CacheWriteError as exc:
                 self._keep_unsaved(fresh, expected, now, exc)
