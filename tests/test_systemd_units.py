@@ -30,8 +30,10 @@ from typing import Any, TextIO
 import pytest
 import structlog
 
+from credd.config.load import load_settings
 from credd.config.settings import Settings
 from credd.errors import CreddError
+from credd.files.paths import resolve_paths
 from credd.log import JournalPriority, configure_logging, logging_to_journal
 from credd.platform import service
 from credd.platform.systemd import (
@@ -40,6 +42,7 @@ from credd.platform.systemd import (
     listen_sockets,
     watchdog_interval,
 )
+from tests.support.configs import AWS_CONFIG, credd_profile
 from tests.support.home import Home
 from tests.support.systemd import directives, installed_credd, systemd_tool
 
@@ -296,6 +299,117 @@ def test_render_service_escapes_percent_signs_in_the_install_path(home: Home) ->
     assert directives(text, "ExecStart") == ["/opt/100%%h/bin/credd serve"]
 
 
+def test_the_repositorys_systemd_directory_holds_the_installed_units() -> None:
+    # systemd/ is what people read and copy by hand: it must be the units the package ships
+    for unit in service.UNITS:
+        assert (REPO / "systemd" / unit).read_text() == (UNIT_TEMPLATES / unit).read_text()
+
+
+def read_write_paths(text: str) -> list[str]:
+    """Every word of the unit's ReadWritePaths=, unquoted as systemd reads them."""
+    return [word for line in directives(text, "ReadWritePaths") for word in shlex.split(line)]
+
+
+def test_render_service_grants_write_access_to_the_default_paths(home: Home) -> None:
+    settings = settings_listening_on(home, "127.0.0.1:9911")
+    text = service.render("credd.service", settings, ["/usr/bin/credd"])
+    aws = home.root / ".aws"
+    # the token file is in %t/credd, which systemd makes writable itself
+    assert read_write_paths(text) == [
+        f"-{aws / 'sso' / 'cache'}",
+        f"-{aws / 'login' / 'cache'}",
+        "-%t/credd",
+        "-%S/credd",
+    ]
+    assert directives(text, "Environment") == []  # nothing moved: nothing pinned
+    assert directives(text, "LimitCORE") == ["0"]
+
+
+#: where a user moves the Sign-In cache and the token file; "%" and a space must survive
+MOVED_LOGIN_CACHE = "srv/aws login/100%/cache"
+MOVED_TOKEN_DIR = "secrets/credd tokens"
+
+
+def settings_with_moved_paths(home: Home, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("AWS_LOGIN_CACHE_DIRECTORY", str(home.root / MOVED_LOGIN_CACHE))
+    home.write_aws_config()
+    token = home.root / MOVED_TOKEN_DIR / "token"
+    home.write_credd_config(f'[server]\nlisten = "127.0.0.1:9911"\ntoken_file = "{token}"\n')
+    return home.settings()
+
+
+def test_render_service_grants_write_access_where_the_settings_moved_the_paths(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_with_moved_paths(home, monkeypatch)
+    text = service.render("credd.service", settings, ["/usr/bin/credd"])
+    login_cache = home.root / MOVED_LOGIN_CACHE
+    assert read_write_paths(text) == [
+        f"-{home.root / '.aws' / 'sso' / 'cache'}",
+        f"-{login_cache}".replace("%", "%%"),  # a specifier otherwise
+        f"-{home.root / MOVED_TOKEN_DIR}",
+        "-%t/credd",
+        "-%S/credd",
+    ]
+    # the daemon uses the cache it may write, whatever the user manager's environment holds
+    [pinned] = directives(text, "Environment")
+    assert shlex.split(pinned) == [f"AWS_LOGIN_CACHE_DIRECTORY={login_cache}".replace("%", "%%")]
+
+
+def test_install_makes_the_moved_directories_so_the_sandbox_can_open_them(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ProtectSystem=strict makes a ReadWritePaths entry writable only if it exists at start
+    settings = settings_with_moved_paths(home, monkeypatch)
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    service.install(settings, env)
+    for directory in (home.root / MOVED_LOGIN_CACHE, home.root / MOVED_TOKEN_DIR):
+        assert directory.is_dir()
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_install_refuses_a_relative_token_file(home: Home, tmp_path: Path) -> None:
+    home.write_aws_config()
+    home.write_credd_config('[server]\nlisten = "127.0.0.1:9911"\ntoken_file = "run/token"\n')
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    with pytest.raises(CreddError, match="absolute path") as caught:
+        service.install(home.settings(), env)
+    assert caught.value.hint is not None
+    assert not units_in(home).exists()
+
+
+def test_install_refuses_a_path_systemd_would_read_otherwise(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd reads a backslash as an escape even inside quotes
+    monkeypatch.setenv("AWS_LOGIN_CACHE_DIRECTORY", str(home.root / "back\\slash"))
+    settings = settings_listening_on(home, "127.0.0.1:9911")
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    with pytest.raises(CreddError, match="backslash"):
+        service.install(settings, env)
+
+
+@pytest.mark.parametrize("how", ["--config", "CREDD_CONFIG"])
+def test_install_pins_a_config_file_of_the_shells_own(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # the service reads the config whose token_file the unit makes writable
+    config = home.root / "elsewhere" / "credd.toml"
+    config.parent.mkdir()
+    config.write_text('[server]\nlisten = "127.0.0.1:9911"\n')
+    home.write_aws_config()
+    if how == "CREDD_CONFIG":
+        monkeypatch.setenv("CREDD_CONFIG", str(config))
+        paths = resolve_paths(os.environ)
+    else:
+        paths = resolve_paths(os.environ, config_file=str(config))
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    service.install(load_settings(paths), env)
+    unit = (units_in(home) / "credd.service").read_text()
+    [exec_start] = directives(unit, "ExecStart")
+    assert shlex.split(exec_start) == [*installed_credd(), "--config", str(config), "serve"]
+
+
 # ----------------------------------------------------------------------------- systemd-analyze
 
 
@@ -367,6 +481,15 @@ def test_systemd_analyze_verify_passes_on_both_units(home: Home, tmp_path: Path,
     assert verify_units(units) == []
 
 
+def test_systemd_analyze_verify_passes_with_moved_paths(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # spaces and "%" in the paths: one wrong quote and verify reads a relative path
+    settings = settings_with_moved_paths(home, monkeypatch)
+    units = render_units(tmp_path / "units", settings, installed_credd())
+    assert verify_units(units) == []
+
+
 #: (unit, what to replace, with what): mistakes verify must catch, proving the check is not vacuous
 BROKEN_UNITS = {
     "unknown key": ("credd.service", "\nType=notify\n", "\nTyp=notify\n"),
@@ -374,6 +497,13 @@ BROKEN_UNITS = {
     "unknown syscall group": ("credd.service", "@system-service", "@sytem-service"),
     "missing executable": ("credd.service", "ExecStart=/", "ExecStart=/nonexistent/"),
     "socket without listen": ("credd.socket", "ListenStream=", "ListenStrem="),
+    "unquoted space in a path": ("credd.service", "ReadWritePaths=-/", "ReadWritePaths=-/a b/"),
+    "relative path": ("credd.service", "ReadWritePaths=-/", "ReadWritePaths=-"),
+    "bad ProtectProc": ("credd.service", "ProtectProc=invisible", "ProtectProc=invisibl"),
+    "bad ProcSubset": ("credd.service", "ProcSubset=pid", "ProcSubset=pids"),
+    "bad KeyringMode": ("credd.service", "KeyringMode=private", "KeyringMode=privat"),
+    "bad ProtectKernelLogs": ("credd.service", "ProtectKernelLogs=yes", "ProtectKernelLogs=y3s"),
+    "bad LimitCORE": ("credd.service", "LimitCORE=0", "LimitCORE=zero"),
 }
 
 
@@ -426,12 +556,17 @@ class Systemctl:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
 
-def service_env(tmp_path: Path, systemctl: Systemctl) -> dict[str, str]:
+def service_env(home: Home, systemctl: Systemctl) -> dict[str, str]:
+    """The CLI's environment, with ``systemctl`` first on PATH and the HOME's XDG_CONFIG_HOME."""
     return {
         **os.environ,
         "PATH": f"{systemctl.directory}{os.pathsep}{os.environ.get('PATH', '')}",
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "XDG_CONFIG_HOME": str(home.root / ".config"),
     }
+
+
+def units_in(home: Home) -> Path:
+    return home.root / ".config" / "systemd" / "user"
 
 
 def test_install_writes_both_units_and_says_what_to_run_without_a_user_manager(
@@ -439,8 +574,8 @@ def test_install_writes_both_units_and_says_what_to_run_without_a_user_manager(
 ) -> None:
     settings = settings_listening_on(home, "127.0.0.1:9911")
     systemctl = Systemctl(tmp_path / "bin", NO_MANAGER)
-    env = service_env(tmp_path, systemctl)
-    units = tmp_path / "xdg-config" / "systemd" / "user"
+    env = service_env(home, systemctl)
+    units = units_in(home)
 
     report = service.install(settings, env)
 
@@ -486,17 +621,17 @@ def test_install_refuses_port_0(home: Home, tmp_path: Path) -> None:
     settings = settings_listening_on(home, "127.0.0.1:0")
     systemctl = Systemctl(tmp_path / "bin", MANAGER)
     with pytest.raises(CreddError, match="socket activation needs a fixed port") as caught:
-        service.install(settings, service_env(tmp_path, systemctl))
+        service.install(settings, service_env(home, systemctl))
     assert caught.value.hint is not None
     assert "listen" in caught.value.hint
-    assert not (tmp_path / "xdg-config").exists()
+    assert not units_in(home).exists()
     assert systemctl.calls() == []
 
 
 def test_status_and_uninstall_without_a_user_manager(home: Home, tmp_path: Path) -> None:
     settings = settings_listening_on(home, "127.0.0.1:9911")
-    env = service_env(tmp_path, Systemctl(tmp_path / "bin", NO_MANAGER))
-    units = tmp_path / "xdg-config" / "systemd" / "user"
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    units = units_in(home)
 
     assert service.status(settings, env).lines == (
         "credd.service: not installed",
@@ -522,7 +657,7 @@ def test_status_and_uninstall_without_a_user_manager(home: Home, tmp_path: Path)
 def test_install_status_uninstall_through_a_user_manager(home: Home, tmp_path: Path) -> None:
     settings = settings_listening_on(home, "127.0.0.1:9911")
     systemctl = Systemctl(tmp_path / "bin", MANAGER)
-    env = service_env(tmp_path, systemctl)
+    env = service_env(home, systemctl)
 
     assert service.install(settings, env).lines[2:] == (
         "enabled and started credd.socket and credd.service",
@@ -560,19 +695,122 @@ def test_uninstall_with_a_user_manager_when_nothing_is_installed(
     home: Home, tmp_path: Path
 ) -> None:
     settings = settings_listening_on(home, "127.0.0.1:9911")
-    env = service_env(tmp_path, Systemctl(tmp_path / "bin", MANAGER_WITHOUT_UNITS))
+    env = service_env(home, Systemctl(tmp_path / "bin", MANAGER_WITHOUT_UNITS))
     assert service.uninstall(settings, env).lines == ("credd's units were not installed",)
 
 
 def test_install_reports_a_failing_systemctl_in_one_line(home: Home, tmp_path: Path) -> None:
     settings = settings_listening_on(home, "127.0.0.1:9911")
-    env = service_env(tmp_path, Systemctl(tmp_path / "bin", FAILING_ENABLE))
+    env = service_env(home, Systemctl(tmp_path / "bin", FAILING_ENABLE))
     with pytest.raises(CreddError) as caught:
         service.install(settings, env)
     assert str(caught.value) == (
         "systemctl --user enable --now credd.socket credd.service failed: "
         "Failed to enable unit: Unit file credd.socket does not exist."
     )
+
+
+# ----------------------------------------------------------------------------- the sandbox's advice
+# What MemoryDenyWriteExecute=yes does to a JIT runtime is shown in tests/test_systemd_sandbox.py.
+
+
+def helper_script(home: Home, name: str, shebang: str) -> Path:
+    path = home.root / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"{shebang}\nprint credentials\n")
+    path.chmod(0o700)
+    return path
+
+
+def signed_by(command: str) -> str:
+    """An AWS config whose served role ``on-proc`` is signed by ``credential_process = command``."""
+    return (
+        f"[profile proc]\ncredential_process = {command}\n\n"
+        "[profile on-proc]\nrole_arn = arn:aws:iam::333333333333:role/Deploy\n"
+        "source_profile = proc\n"
+    )
+
+
+ADVICE = "  to let it run: " + service.OVERRIDE + "; then systemctl --user restart credd"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@pytest.mark.parametrize(
+    ("how", "runtime"),
+    [
+        ("#!/usr/bin/env node", "node"),
+        ("#!/usr/bin/env -S node --no-warnings", "node"),
+        ("#!/usr/local/bin/node18", "node"),
+        ("node /opt/creds.js", "node"),
+        ("/usr/lib/jvm/java-17/bin/java -jar creds.jar", "java"),
+    ],
+)
+def test_status_names_a_credential_process_that_runs_a_jit_runtime(
+    home: Home, tmp_path: Path, how: str, runtime: str
+) -> None:
+    command = str(helper_script(home, "creds", how)) if how.startswith("#!") else how
+    home.write_aws_config(signed_by(command))
+    home.write_credd_config('[server]\nlisten = "127.0.0.1:9911"\n')
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    assert service.status(home.settings(), env).lines[3:] == (
+        f"credential_process of profile proc runs {runtime}, a JIT runtime that "
+        "MemoryDenyWriteExecute=yes in credd.service stops",
+        ADVICE,
+    )
+
+
+def test_status_names_an_assertion_command_that_runs_a_jit_runtime(
+    home: Home, tmp_path: Path
+) -> None:
+    home.write_aws_config()
+    trusted = credd_profile(
+        JWT_BEARER, assertion_command='["dotnet", "idp.dll"]', source_profile=""
+    )
+    home.write_credd_config('[server]\nlisten = "127.0.0.1:9911"\n' + trusted)
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    assert service.status(home.settings(), env).lines[3:] == (
+        "assertion_command of [profiles.analyst] runs dotnet, a JIT runtime that "
+        "MemoryDenyWriteExecute=yes in credd.service stops",
+        ADVICE,
+    )
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["#!/bin/sh", "#!/usr/bin/env python3", "/usr/local/bin/aws-vault exec x --json", "unused"],
+    ids=["sh", "python", "a Go binary", "a node helper nothing served uses"],
+)
+def test_status_gives_no_advice_for_helpers_that_run_in_the_sandbox(
+    home: Home, tmp_path: Path, how: str
+) -> None:
+    if how == "unused":  # the AWS CLI runs it, never credd
+        home.write_aws_config(AWS_CONFIG + "\n[profile proc]\ncredential_process = node x.js\n")
+    else:
+        command = str(helper_script(home, "creds", how)) if how.startswith("#!") else how
+        home.write_aws_config(signed_by(command))
+    home.write_credd_config('[server]\nlisten = "127.0.0.1:9911"\n')
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    assert len(service.status(home.settings(), env).lines) == 3
+
+
+def test_install_gives_the_advice_and_status_sees_the_override(home: Home, tmp_path: Path) -> None:
+    home.write_aws_config(signed_by("node /opt/creds.js"))
+    home.write_credd_config('[server]\nlisten = "127.0.0.1:9911"\n')
+    settings = home.settings()
+    env = service_env(home, Systemctl(tmp_path / "bin", NO_MANAGER))
+    assert service.install(settings, env).lines[-1] == ADVICE
+
+    # what `systemctl --user edit credd` saves
+    drop_in = units_in(home) / "credd.service.d" / "override.conf"
+    drop_in.parent.mkdir()
+    drop_in.write_text("### Editing ...\n[Service]\nMemoryDenyWriteExecute=no\n")
+    assert service.status(settings, env).lines[3:] == (
+        "credential_process of profile proc runs node: MemoryDenyWriteExecute=no is set, "
+        "it may JIT",
+    )
+    # a later drop-in puts it back (systemd reads them in order; the last value wins)
+    (drop_in.parent / "zz-strict.conf").write_text("[Service]\nMemoryDenyWriteExecute=yes\n")
+    assert service.status(settings, env).lines[-1] == ADVICE
 
 
 # ----------------------------------------------------------------------------- the journal
