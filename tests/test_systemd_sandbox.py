@@ -1,4 +1,4 @@
-"""credd.service's sandbox as its children meet it: JIT helpers, the override, the advice.
+"""credd.service's sandbox as credd and its children meet it: JIT helpers and the override.
 
 systemd enforces the unit's seccomp options (SystemCallFilter=,
 MemoryDenyWriteExecute=, RestrictAddressFamilies=, NoNewPrivileges=) in every
@@ -9,7 +9,8 @@ There is no user manager here (``systemd-run --user`` cannot be used), so
 the library systemd builds them with, the way systemd 252 does
 (src/shared/seccomp-util.c): the system-call groups come from ``systemd-analyze
 syscall-filter``, so they are the installed systemd's own. A small launcher
-loads them, then ``exec``s the helper, or ``credd serve`` itself.
+loads them, then ``exec``s the helper, or ``credd serve`` itself. What
+``credd service status`` advises about such helpers is in tests/test_systemd_units.py.
 
 The namespace options (ProtectSystem=, ProtectProc=...) and LockPersonality=,
 RestrictNamespaces=, RestrictRealtime=, RestrictSUIDSGID= are not rebuilt: no
