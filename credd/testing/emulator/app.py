@@ -1,8 +1,10 @@
 """The :class:`Emulator`: one aiohttp application, one loopback port, three services.
 
-sso-oidc, the SSO portal and STS share a single base URL, so one address serves
-``AWS_ENDPOINT_URL_SSO_OIDC``, ``AWS_ENDPOINT_URL_SSO``, ``AWS_ENDPOINT_URL_STS``
-(and plain ``AWS_ENDPOINT_URL``); their paths do not collide (protocols.md §10).
+sso-oidc, the SSO portal, STS and Sign-In (with the console's federation
+endpoint, :mod:`.federation`) share a single base URL, so one address serves
+``AWS_ENDPOINT_URL_SSO_OIDC``, ``AWS_ENDPOINT_URL_SSO``, ``AWS_ENDPOINT_URL_STS``,
+``AWS_ENDPOINT_URL_SIGNIN`` (and plain ``AWS_ENDPOINT_URL``); their paths do not
+collide (protocols.md §10).
 This module wires the services, owns the server's lifecycle and offers the
 Python controls tests use; :mod:`.control` offers the same over HTTP.
 """
@@ -28,6 +30,7 @@ from .consent import ConsentPages, decide_device
 from .control import control_routes
 from .errors import ERROR_TYPE_HEADER
 from .faults import FaultPlan
+from .federation import FederationService
 from .issuer import TokenIssuer
 from .oidc import OidcService
 from .operations import Operation, Service, request_ids
@@ -76,6 +79,7 @@ class Emulator:
             PortalService(self._rt),
             StsService(self._rt),
             SigninService(self._rt),
+            FederationService(self._rt),
         )
         self._rt.faults.allow(op.name for op in self.operations)
         self._runner: web.AppRunner | None = None

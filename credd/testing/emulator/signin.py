@@ -252,7 +252,7 @@ class SigninService:
             session, refresh_token = self._refresh(body, client_id, proof, now)
         lifetime = self._credentials_lifetime(session, now)
         issued = self._rt.state.issue_credentials(
-            session.principal, now + timedelta(seconds=lifetime)
+            session.principal, now + timedelta(seconds=lifetime), signin=True
         )
         return json_ok(
             {

@@ -4,9 +4,10 @@ Client registrations, device codes, authorization codes, sign-in sessions with
 their access and refresh tokens, every IAM credential handed out (SSO role
 credentials, AssumeRole results, static IAM user keys, AWS Sign-In credentials)
 and AWS Sign-In's own codes, DPoP-bound sessions and spent proof ids
-(:class:`SigninState`), and how CreateTokenWithIAM sessions began and the
+(:class:`SigninState`), how CreateTokenWithIAM sessions began and the
 identity contexts they carried (:class:`IamTokenState`; the sessions and
-tokens themselves are ordinary sign-in sessions). Services validate a
+tokens themselves are ordinary sign-in sessions), and the console's sign-in
+tokens and the console sessions they opened (:class:`FederationState`). Services validate a
 request, then call one synchronous method here; nothing awaits between a check
 and the state change that follows it, so concurrent requests can never spend a
 code or a refresh token twice.
@@ -149,6 +150,11 @@ class TemporaryCredentials:
     principal: Principal
     #: set for identity-enhanced role sessions (AssumeRole with ProvidedContexts, §5)
     identity_context: IdentityContext | None = None
+    #: AssumeRole signed with temporary credentials (another role session's, Sign-In's):
+    #: role chaining, as far as the console's federation endpoint is concerned
+    from_temporary: bool = False
+    #: issued by AWS Sign-In (``aws login``), not by an ``AssumeRole*`` operation
+    signin: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,49 @@ class IamTokenState:
         return value
 
 
+# -- the console's federation endpoint (custom identity broker) ------------------
+
+
+@dataclass
+class SigninTokenGrant:
+    """One ``getSigninToken`` answer: a sign-in token, good for one ``login`` within 15 minutes."""
+
+    #: the temporary credentials it signs in with
+    access_key_id: str
+    principal: Principal
+    #: the ``login`` step must come before this instant
+    expires_at: datetime
+    #: when the console session it opens ends (``SessionDuration``, else the credentials')
+    session_ends_at: datetime
+    #: the ``SessionDuration`` asked for, if any
+    session_duration: int | None
+    used: bool = False
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """A browser signed in to the console by a ``login`` redirect."""
+
+    principal: Principal
+    access_key_id: str
+    issuer: str | None
+    destination: str
+    started_at: datetime
+    ends_at: datetime
+
+
+@dataclass(repr=False)  # its keys are live sign-in tokens
+class FederationState:
+    grants: dict[str, SigninTokenGrant] = field(default_factory=dict)
+    #: every console session opened, oldest first
+    console_sessions: list[ConsoleSession] = field(default_factory=list)
+
+    def add_grant(self, grant: SigninTokenGrant) -> str:
+        value = opaque("fst-", 96)
+        self.grants[value] = grant
+        return value
+
+
 # -- the store -----------------------------------------------------------------
 
 
@@ -336,6 +385,8 @@ class State:
     signin: SigninState = field(default_factory=SigninState)
     #: CreateTokenWithIAM's sessions and identity contexts
     iam: IamTokenState = field(default_factory=IamTokenState)
+    #: the console's federation endpoint: sign-in tokens and the console sessions they opened
+    federation: FederationState = field(default_factory=FederationState)
 
     # sso-oidc ---------------------------------------------------------------
 
@@ -434,6 +485,9 @@ class State:
         principal: Principal,
         expires_at: datetime,
         identity_context: IdentityContext | None = None,
+        *,
+        from_temporary: bool = False,
+        signin: bool = False,
     ) -> TemporaryCredentials:
         credentials = TemporaryCredentials(
             access_key_id=new_access_key_id("ASIA"),
@@ -442,6 +496,8 @@ class State:
             expires_at=expires_at,
             principal=principal,
             identity_context=identity_context,
+            from_temporary=from_temporary,
+            signin=signin,
         )
         self.credentials[credentials.access_key_id] = credentials
         return credentials

@@ -136,7 +136,11 @@ class StsService:
         lifetime = duration if cap is None else min(duration, cap)
         principal = identities.assumed_role_session(role_arn, session_name)
         issued = self._rt.state.issue_credentials(
-            principal, self._rt.in_seconds(lifetime), identity_context
+            principal,
+            self._rt.in_seconds(lifetime),
+            identity_context,
+            # what the console's federation endpoint asks (IAM User Guide, custom broker)
+            from_temporary=isinstance(caller, TemporaryCredentials),
         )
         result: XmlTree = {
             "AssumedRoleUser": {"Arn": principal.arn, "AssumedRoleId": principal.user_id},
