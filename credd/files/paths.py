@@ -2,15 +2,23 @@
 
 Honours ``HOME``, ``XDG_CONFIG_HOME``, ``XDG_STATE_HOME``, ``XDG_RUNTIME_DIR``,
 ``AWS_CONFIG_FILE``, ``AWS_SHARED_CREDENTIALS_FILE`` and ``CREDD_CONFIG``
-(interface.md, "Files"). Nothing here touches the disk.
+(interface.md, "Files"). :func:`resolve_paths` touches no disk itself; the
+one look it needs, whether logind's ``/run/user/UID`` is there for a shell
+without ``XDG_RUNTIME_DIR`` (issue 11, item 8), is :func:`login_runtime_dir`,
+passed in so that callers (tests) can say what it finds.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+#: where logind makes each user's runtime directory, the service's XDG_RUNTIME_DIR
+#: (pam_systemd(8); the XDG Base Directory spec's requirements: owned by the user, 0700)
+LOGIN_RUNTIME_ROOT = Path("/run/user")
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,46 @@ def expand_path(value: str, home: Path) -> Path:
     return Path(os.path.expandvars(value))
 
 
-def resolve_paths(env: Mapping[str, str], *, config_file: str | None = None) -> Paths:
-    """Resolve every location from ``env`` (normally ``os.environ``)."""
+def login_runtime_dir(uid: int | None = None, *, root: Path = LOGIN_RUNTIME_ROOT) -> Path | None:
+    """``/run/user/UID`` when logind made it for this user, else ``None``.
+
+    Only a directory itself (not a symlink), owned by ``uid`` and mode 0700, as
+    logind makes it: anything else at that path may be somebody else's doing,
+    and the token and locks must not go where another user can reach them.
+    """
+    uid = os.getuid() if uid is None else uid
+    path = root / str(uid)
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != uid
+        or stat.S_IMODE(found.st_mode) != 0o700
+    ):
+        return None
+    return path
+
+
+def resolve_paths(
+    env: Mapping[str, str],
+    *,
+    config_file: str | None = None,
+    login_runtime: Callable[[], Path | None] = login_runtime_dir,
+) -> Paths:
+    """Resolve every location from ``env`` (normally ``os.environ``).
+
+    Without ``XDG_RUNTIME_DIR`` (su, cron, ssh without logind) the runtime
+    directory is what ``login_runtime`` finds, the service's own
+    ``/run/user/UID``, so that every shell finds the same lock directory,
+    token file and daemon; only where there is none, the state directory.
+    """
     home = Path(env.get("HOME") or Path.home())
     config_home = expand_path(env["XDG_CONFIG_HOME"], home) if env.get("XDG_CONFIG_HOME") else None
     state_home = expand_path(env["XDG_STATE_HOME"], home) if env.get("XDG_STATE_HOME") else None
-    runtime = env.get("XDG_RUNTIME_DIR")
+    runtime_value = env.get("XDG_RUNTIME_DIR")
+    runtime = expand_path(runtime_value, home) if runtime_value else login_runtime()
 
     state_dir = (state_home or home / ".local" / "state") / "credd"
     credd_config = config_file or env.get("CREDD_CONFIG")
@@ -74,6 +116,6 @@ def resolve_paths(env: Mapping[str, str], *, config_file: str | None = None) -> 
             if credd_config
             else (config_home or home / ".config") / "credd" / "config.toml"
         ),
-        runtime_dir=expand_path(runtime, home) / "credd" if runtime else state_dir,
+        runtime_dir=runtime / "credd" if runtime is not None else state_dir,
         state_dir=state_dir,
     )
