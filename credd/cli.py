@@ -146,9 +146,18 @@ def _use_uvloop() -> bool:
     return installed
 
 
+#: the commands that hold tokens in memory: no core dumps, no reading of it (issue 11)
+TOKEN_HOLDING_COMMANDS = frozenset({"serve", "login"})
+
+
 def _dispatch(args: argparse.Namespace, debug: bool) -> None:
-    settings = _settings(args)
     command = args.command
+    if command in TOKEN_HOLDING_COMMANDS:
+        from credd.platform.process import disable_core_dumps
+
+        for problem in disable_core_dumps():  # first: before any secret is read
+            print(f"credd: warning: core dumps stay possible: {problem}", file=sys.stderr)
+    settings = _settings(args)
     if command == "serve":
         from credd.log import configure_logging
 
@@ -198,15 +207,18 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
     stops = (signal.SIGTERM, signal.SIGINT)
     with anyio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
-        async with anyio.create_task_group() as tg:
-            handle: DaemonHandle = await tg.start(functools.partial(run_daemon, settings))
-            clear_activation_environment()  # not for credential processes or notify-send
-            async for received in signals:
-                if received == signal.SIGHUP:
-                    handle.reload(lambda: _settings(args))
-                    continue
-                handle.stop()  # drains in-flight requests, then returns
-                break
+        try:
+            async with anyio.create_task_group() as tg:
+                handle: DaemonHandle = await tg.start(functools.partial(run_daemon, settings))
+                clear_activation_environment()  # not for credential processes or notify-send
+                async for received in signals:
+                    if received == signal.SIGHUP:
+                        handle.reload(lambda: _settings(args))
+                        continue
+                    handle.stop()  # drains in-flight requests, then returns
+                    break
+        except* CreddError as failed:  # one line (a refused token file, a taken port)
+            raise failed.exceptions[0] from None
 
 
 # --------------------------------------------------------------------------- login, logout

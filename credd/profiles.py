@@ -35,6 +35,7 @@ from credd.config.settings import (
 )
 from credd.errors import LoginRequired, UpstreamError
 from credd.files.store import format_timestamp
+from credd.platform.process import child_environment
 from credd.secret import Secret
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.trusted_identity import TrustedIdentitySession
@@ -92,10 +93,16 @@ PROCESS_TIMEOUT_SECONDS = 60.0
 
 
 async def process_keys(profile: ProcessProfile) -> SigningKeys:
-    """Run a ``credential_process`` and read its ``Version`` 1 answer."""
+    """Run a ``credential_process`` and read its ``Version`` 1 answer.
+
+    Its environment is the daemon's without credd's tokens and the service's
+    channels (:func:`~credd.platform.process.child_environment`).
+    """
     try:
         with anyio.fail_after(PROCESS_TIMEOUT_SECONDS):
-            done = await anyio.run_process(shlex.split(profile.command), check=False)
+            done = await anyio.run_process(
+                shlex.split(profile.command), check=False, env=child_environment()
+            )
     except (OSError, TimeoutError, ValueError) as exc:
         raise UpstreamError(f"credential_process of profile {profile.name} failed: {exc}") from exc
     if done.returncode != 0:

@@ -11,7 +11,10 @@ the parts are passed as arguments.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import secrets
+import stat
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -49,19 +52,71 @@ if TYPE_CHECKING:
 
 #: the endpoint token's entropy: 43 characters of URL-safe base64, 256 bits
 TOKEN_BYTES = 32
+#: what a kept token file may hold: one RFC 7235 token68, at least 256 bits' worth
+_TOKEN_MAX_BYTES = 512
+_TOKEN_SHAPE = re.compile(rf"[A-Za-z0-9._~+/=-]{{43,{_TOKEN_MAX_BYTES}}}")
+#: never follow a symlink (ELOOP), never wait on a FIFO, never take a terminal
+_TOKEN_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
-def ensure_endpoint_token(path: Path) -> str:
-    """The endpoint token: kept if present and sound, else made and written (0600, no newline)."""
-    try:
-        existing = path.read_text(encoding="ascii")
-        if len(existing) >= 43 and existing.isprintable() and existing.strip() == existing:
-            return existing
-    except (OSError, UnicodeDecodeError):
-        pass
+def ensure_endpoint_token(path: Path, *, uid: int | None = None) -> str:
+    """The admin token: the one in ``path`` if that file is sound, else a new one written there.
+
+    Sound is a regular file, not a symlink (opened with ``O_NOFOLLOW``), owned
+    by ``uid`` (this process's user), mode 0600 and holding one token of the
+    right shape. Anything else of ours at the path (a symlink, whatever it
+    points to; a 0644 file; garbage; a FIFO) is replaced by a new token,
+    atomically and 0600, and the old content is never used: a token another
+    process could read, or chose, is no secret. Anything at the path owned by
+    another user is refused with a :class:`CreddError`: whoever could put it
+    there can write the directory, and would be handed every new token too.
+    """
+    uid = os.getuid() if uid is None else uid
+    kept = _sound_token(path, uid)
+    if kept is not None:
+        return kept
     token = secrets.token_urlsafe(TOKEN_BYTES)  # 43 characters, 256 bits
-    atomic_write(path, token.encode("ascii"))  # 0600
+    atomic_write(path, token.encode("ascii"))  # 0600; os.replace replaces a symlink itself
     return token
+
+
+def _sound_token(path: Path, uid: int) -> str | None:
+    """The token in ``path`` if the file is sound; ``None`` if it must be replaced."""
+    try:
+        # Not regular: never opened. Opening a FIFO releases a writer blocked on it.
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _refused(path, exc.strerror or str(exc)) from exc
+    _check_owner(path, found, uid)
+    if not stat.S_ISREG(found.st_mode):
+        return None
+    try:
+        file = os.fdopen(os.open(path, _TOKEN_READ_FLAGS), "rb")
+    except OSError:
+        return None  # swapped since the lstat (a symlink now: ELOOP), or gone: replaced
+    with file:
+        # the open file itself, not the lstat above: the path may have been swapped since
+        opened = os.fstat(file.fileno())
+        _check_owner(path, opened, uid)
+        if not stat.S_ISREG(opened.st_mode) or stat.S_IMODE(opened.st_mode) != 0o600:
+            return None
+        data = file.read(_TOKEN_MAX_BYTES + 1)
+    text = data.decode("ascii", "replace")
+    return text if _TOKEN_SHAPE.fullmatch(text) else None
+
+
+def _check_owner(path: Path, found: os.stat_result, uid: int) -> None:
+    if found.st_uid != uid:
+        raise _refused(path, f"it is owned by uid {found.st_uid}, not by uid {uid} (you)")
+
+
+def _refused(path: Path, problem: str) -> CreddError:
+    return CreddError(
+        f"will not use the endpoint token file {path}: {problem}",
+        hint="remove it, or set [server] token_file to a path in a directory only you can write",
+    )
 
 
 # --------------------------------------------------------------------------- caches, clients

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import anyio
 import structlog
 
+from credd.platform.process import child_environment
+
 log = structlog.get_logger(__name__)
 
 NOTIFY_TIMEOUT_SECONDS = 5.0
@@ -24,7 +26,8 @@ def can_notify(env: Mapping[str, str]) -> bool:
 
 
 async def notify_login_required(session: str, reason: str, env: Mapping[str, str]) -> None:
-    if not can_notify(env):
+    # looking notify-send up on PATH stats a directory per entry: off the event loop
+    if not await anyio.to_thread.run_sync(can_notify, env):
         return
     command = [
         "notify-send",
@@ -35,6 +38,6 @@ async def notify_login_required(session: str, reason: str, env: Mapping[str, str
     ]
     with anyio.move_on_after(NOTIFY_TIMEOUT_SECONDS):
         try:
-            await anyio.run_process(command, check=False, env=dict(env))
+            await anyio.run_process(command, check=False, env=child_environment(env))
         except OSError as exc:
             log.warning("desktop_notification_failed", error=str(exc))

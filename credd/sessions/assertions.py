@@ -28,6 +28,7 @@ import structlog
 from credd.clock import Clock
 from credd.errors import AssertionRequired
 from credd.files.store import format_timestamp
+from credd.platform.process import child_environment
 from credd.secret import Secret
 from credd.sessions import claims
 
@@ -136,8 +137,11 @@ class AssertionSource:
         shown = _shown(command)
         try:
             with anyio.fail_after(COMMAND_TIMEOUT_SECONDS):
-                # no stdin: a command that prompts fails instead of hanging the daemon
-                done = await anyio.run_process(list(command), check=False, stdin=DEVNULL)
+                # no stdin: a command that prompts fails instead of hanging the daemon;
+                # and none of credd's tokens or the service's channels in its environment
+                done = await anyio.run_process(
+                    list(command), check=False, stdin=DEVNULL, env=child_environment()
+                )
         except TimeoutError as exc:
             raise self._required(
                 f"`{shown}` did not finish within {COMMAND_TIMEOUT_SECONDS:.0f} s"
