@@ -98,15 +98,23 @@ def write_login_session(
     config_file: Path, profile: str, login_session: str, region: str | None
 ) -> None:
     """Set ``login_session`` (and ``region``, unless ``None``) in the profile's section."""
+    settings = {"login_session": login_session}
+    if region is not None:
+        settings["region"] = region
+    for key, value in settings.items():
+        # one line each: a newline would add a line (a section, a credential_process) of
+        # whoever chose the value; Sign-In's sub is checked before, this is the last guard
+        if not value or not value.isprintable() or value != value.strip():
+            raise LoginError(
+                f"will not write {key} = {value[:80]!a} into {config_file}: "
+                "it is not one line of plain text"
+            )
     target = config_file.resolve() if config_file.is_symlink() else config_file
     try:
         text = target.read_text(encoding="utf-8")
         mode: int | None = stat.S_IMODE(target.stat().st_mode)
     except FileNotFoundError:
         text, mode = "", None
-    settings = {"login_session": login_session}
-    if region is not None:
-        settings["region"] = region
     data = _with_settings(text, profile, settings).encode("utf-8")
     atomic_write(target, data, mode=0o600 if mode is None else mode)
 

@@ -63,6 +63,12 @@ LOGIN_ATTEMPTS: Final = 3
 #: how many times a code redemption is tried when Sign-In is throttling or failing
 REDEEM_ATTEMPTS: Final = 3
 _ACCOUNT_IN_ARN: Final = re.compile(r"^arn:[\w-]+:[\w-]+::(\d{12}):")
+#: what a ``sub`` must be before it names a cache file and goes into the AWS config as
+#: ``login_session``: an IAM user or STS session ARN (protocols.md 4.2) in any partition,
+#: of the characters IAM names and paths allow; nothing that could end a config line
+LOGIN_SESSION_ARN: Final = re.compile(
+    r"arn:aws[-a-z]*:(?:iam|sts)::[0-9]{12}:[A-Za-z0-9+=,.@_/-]{1,512}", re.ASCII
+)
 
 #: reads the verification code the user pastes (``--remote``)
 ReadCode = Callable[[], Awaitable[str]]
@@ -109,7 +115,10 @@ def id_token_subject(id_token: str) -> str:
     """The ``sub`` of the idToken's payload: the ``login_session`` (protocols.md 4.2).
 
     Read, not verified, as the AWS CLI reads it: it comes from the token
-    endpoint itself over TLS, in answer to a request only we could make.
+    endpoint itself over TLS, in answer to a request only we could make. But it
+    must be an ARN (:data:`LOGIN_SESSION_ARN`): it is written into the AWS
+    config, where a newline would start a line of the endpoint's choosing
+    (issue 11).
     """
     try:
         segment = id_token.split(".")[1]
@@ -119,6 +128,15 @@ def id_token_subject(id_token: str) -> str:
         raise UpstreamError("Sign-In returned an idToken without a subject") from exc
     if not isinstance(subject, str) or not subject:
         raise UpstreamError("Sign-In returned an idToken without a subject")
+    if not LOGIN_SESSION_ARN.fullmatch(subject):
+        # escaped and cut short: what came back may be built to break a line or a terminal
+        shown = ascii(subject[:80]) + ("..." if len(subject) > 80 else "")
+        raise UpstreamError(
+            f"Sign-In returned an idToken whose subject is not an IAM or STS ARN ({shown}); "
+            "nothing was written",
+            transient=False,
+            hint="check AWS_ENDPOINT_URL_SIGNIN and the [services] endpoint_url of the AWS config",
+        )
     return subject
 
 
