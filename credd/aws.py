@@ -14,12 +14,19 @@ message taken from an answer is cut short and never carries a body that is not
 an AWS error. :class:`Answer` reads the members of a parsed answer with their
 types checked: botocore's parsers check none (``"expiresIn": "soon"`` comes
 through as a string).
+
+botocore reads the AWS config and shared credentials files with blocking
+calls; credd has it do so in worker threads, never on the event loop that
+answers SDKs (issue 11): a new session's files are read before its first
+client is made, and botocore's default credential chain runs in a thread
+of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +47,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from botocore.parsers import ResponseParserError
+from botocore.session import Session as BotocoreSession
 
 from credd.botodata import ENDPOINT_PREFIXES, DataLoader
 from credd.errors import UpstreamError
@@ -90,6 +98,9 @@ _PARSE_ERRORS = (
     AttributeError,
     OverflowError,
 )
+
+#: what a default-chain lookup finds while an abandoned one still runs
+_BUSY: Final = object()
 
 #: AWS config keys that only choose a profile's credentials (and its region, which
 #: every client here is given explicitly): no client credd makes reads them
@@ -155,6 +166,11 @@ class AwsClients:
         self._open: dict[tuple[object, str, str, int | None], Any] = {}
         self._closing = contextlib.AsyncExitStack()
         self._sessions: dict[object, AioSession] = {}
+        #: botocore's (blocking) default chain, run in one worker thread at a time:
+        #: a chain stuck on a file or an endpoint holds one thread, not the pool
+        self._default_chain: BotocoreSession | None = None
+        self._default_chain_lock = threading.Lock()
+        self._default_chain_limiter = anyio.CapacityLimiter(1)
         #: the parsed AWS config (botocore's), read once: what tells profiles' clients apart
         self._parsed: AioSession | None = None
         #: botocore's service models and endpoint rules, parsed once for every session
@@ -181,6 +197,7 @@ class AwsClients:
             await self._closing.aclose()
 
     def _new_session(self, profile: str | None) -> AioSession:
+        """A session with the AWS config read (blocking: run it in a thread)."""
         session = AioSession()
         session.set_config_variable("config_file", str(self._config_file))
         session.set_config_variable("credentials_file", str(self._credentials_file))
@@ -189,9 +206,12 @@ class AwsClients:
         if self._loader is None:
             self._loader = DataLoader(session.get_config_variable("data_path"))
         session.register_component("data_loader", self._loader)
+        # botocore reads both files at the first client; here, off the event loop
+        with contextlib.suppress(BotoCoreError):  # its complaint comes with the client
+            session.full_config  # noqa: B018  # read for its side effect: the parse, cached
         return session
 
-    def _client_settings(self, profile: str) -> object:
+    def _client_settings(self, parsed: AioSession, profile: str) -> object:
         """What of ``profile``'s AWS config a client reads: profiles alike share a session.
 
         A botocore session parses the whole AWS config and keeps its own models, a
@@ -201,10 +221,8 @@ class AwsClients:
         chooses their credentials (and their region, always passed explicitly)
         make the same clients, so they share one session.
         """
-        if self._parsed is None:
-            self._parsed = self._new_session(None)
         try:
-            section = self._parsed.full_config["profiles"].get(profile)
+            section = parsed.full_config["profiles"].get(profile)
         except BotoCoreError:
             section = None  # botocore's own complaint comes with the client
         if not isinstance(section, dict):
@@ -212,21 +230,42 @@ class AwsClients:
         shared = {k: v for k, v in section.items() if k not in _CREDENTIAL_KEYS}
         return ("settings", json.dumps(shared, sort_keys=True, default=str))
 
-    def _session(self, profile: str | None) -> tuple[object, AioSession]:
+    async def _session(self, profile: str | None) -> tuple[object, AioSession]:
         """The session for ``profile``'s clients, and the key of the profiles sharing it."""
-        key = None if profile is None else self._client_settings(profile)
+        key: object = None
+        if profile is not None:
+            if self._parsed is None:
+                parsed = await anyio.to_thread.run_sync(self._new_session, None)
+                self._parsed = self._parsed or parsed
+            key = self._client_settings(self._parsed, profile)
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = self._new_session(profile)
+            made = await anyio.to_thread.run_sync(self._new_session, profile)
+            session = self._sessions.setdefault(key, made)  # a concurrent first use: one wins
         return key, session
 
     async def default_keys(self) -> SigningKeys:
-        """The keys botocore's default chain finds: the environment, the shared files, ..."""
+        """The keys botocore's default chain finds: the environment, the shared files, ...
+
+        botocore's own chain (the one aiobotocore mirrors), in a worker thread:
+        it reads the shared files, and may run a ``credential_process`` or ask
+        an instance metadata service, all blocking. One session keeps, and
+        refreshes, what the chain found.
+        """
         try:
-            found = await self._session(None)[1].get_credentials()
-            frozen = None if found is None else await found.get_frozen_credentials()
+            # abandoned when cancelled (a daemon stopping, a deadline): what it finds is dropped
+            frozen = await anyio.to_thread.run_sync(
+                self._default_chain_keys,
+                limiter=self._default_chain_limiter,
+                abandon_on_cancel=True,
+            )
         except BotoCoreError as exc:
             raise UpstreamError(f"the default credential chain failed: {exc}") from exc
+        if frozen is _BUSY:
+            raise UpstreamError(
+                "the default credential chain has not answered a previous lookup yet",
+                hint="check what it reads: the environment, the shared files, credential_process",
+            )
         if frozen is None or not frozen.access_key or not frozen.secret_key:
             raise UpstreamError(
                 "the default credential chain found no credentials",
@@ -238,6 +277,24 @@ class AwsClients:
             Secret(str(frozen.secret_key)),
             Secret(str(frozen.token)) if frozen.token else None,
         )
+
+    def _default_chain_keys(self) -> Any:
+        """botocore's frozen default credentials, or ``None`` (blocking: run it in a thread).
+
+        :data:`_BUSY` while an abandoned lookup still runs: one stuck thread at most.
+        """
+        if not self._default_chain_lock.acquire(blocking=False):
+            return _BUSY
+        try:
+            if self._default_chain is None:
+                session = BotocoreSession()
+                session.set_config_variable("config_file", str(self._config_file))
+                session.set_config_variable("credentials_file", str(self._credentials_file))
+                self._default_chain = session
+            found = self._default_chain.get_credentials()
+            return None if found is None else found.get_frozen_credentials()
+        finally:
+            self._default_chain_lock.release()
 
     @contextlib.asynccontextmanager
     async def client(
@@ -271,7 +328,7 @@ class AwsClients:
                 "aws_secret_access_key": keys.secret_access_key.reveal(),
                 "aws_session_token": keys.session_token.reveal() if keys.session_token else None,
             }
-        key, session = self._session(profile)
+        key, session = await self._session(profile)
         try:
             if keys is None and self._keep_open:
                 kept = (key, service, region, attempts)

@@ -522,7 +522,7 @@ class KeptSession(Generic[T]):
                 self._hold(refused.kept, now)
                 raise refused.error from refused
             if isinstance(pending, CacheWriteError):
-                self._keep_unsaved(fresh, expected, now, pending)
+                await self._keep_unsaved(fresh, expected, now, pending)
                 return fresh
             try:
                 await self._write(fresh, expected, pending)
@@ -538,7 +538,7 @@ class KeptSession(Generic[T]):
                     raise record.problem from None  # what the other writer left: a logout
                 raise
             except CacheWriteError as exc:
-                self._keep_unsaved(fresh, expected, now, exc)
+                await self._keep_unsaved(fresh, expected, now, exc)
                 return fresh
         finally:
             if isinstance(pending, PendingWrite):
@@ -575,21 +575,28 @@ class KeptSession(Generic[T]):
     ) -> Fingerprint:
         """``token`` onto the disk by compare-and-swap; the unsaved flag and rescue follow."""
 
+        unsaved = self._unsaved
+
         def write() -> Fingerprint:
             if pending is None:
                 with self._cache.prepare(self._key) as fresh_pending:
-                    return self._cache.commit(fresh_pending, token, expected=expected)
-            return self._cache.commit(pending, token, expected=expected)
+                    written = self._cache.commit(fresh_pending, token, expected=expected)
+            else:
+                written = self._cache.commit(pending, token, expected=expected)
+            if unsaved:  # on disk now: the rescue copy has done its job
+                # one left behind is dropped at the next start: the file has moved past it
+                with contextlib.suppress(OSError):
+                    self._cache.files.discard_rescue(self._cache.token_name(self._key))
+            return written
 
         fingerprint = await anyio.to_thread.run_sync(write)
         self._disk = fingerprint
-        if self._unsaved:
+        if unsaved:
             self._unsaved = False
-            self._cache.files.discard_rescue(self._cache.token_name(self._key))
             log.info("session_token_saved", session=self.name, path=str(self.cache_path))
         return fingerprint
 
-    def _keep_unsaved(
+    async def _keep_unsaved(
         self, fresh: T, expected: Fingerprint, now: datetime, error: CacheWriteError
     ) -> None:
         """The new token could not be written: held, served, rescued, and written later."""
@@ -598,9 +605,9 @@ class KeptSession(Generic[T]):
         self._supersedes = expected
         name = self._cache.token_name(self._key)
         digest = expected.digest
-        rescue = self._cache.files.rescue(
-            name, {"supersedes": digest.hex() if digest else None, "token": fresh.to_json()}
-        )
+        copy = {"supersedes": digest.hex() if digest else None, "token": fresh.to_json()}
+        # a write and two fsyncs, on a disk that just failed one: off the event loop
+        rescue = await anyio.to_thread.run_sync(self._cache.files.rescue, name, copy)
         log.error(
             "session_token_unsaved",
             session=self.name,

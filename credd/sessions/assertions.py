@@ -16,7 +16,9 @@ arguments (they may hold a client secret) is ever put in a message or a log line
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,6 +40,10 @@ log = structlog.get_logger(__name__)
 ASSERTION_MARGIN_SECONDS = 60.0
 #: how long ``assertion_command`` may take
 COMMAND_TIMEOUT_SECONDS = 60.0
+#: the largest assertion read: a JWT is a few kilobytes, even with many group claims
+MAX_ASSERTION_BYTES = 64 * 1024
+#: never wait on a FIFO, never take a terminal
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,10 @@ class AssertionSource:
     def _stamp(self) -> tuple[int, int] | None:
         assert self._file is not None
         try:
-            stat = self._file.stat()
+            found = self._file.stat()
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_ino
+        return found.st_mtime_ns, found.st_ino
 
     def changed(self) -> bool:
         """Whether the file changed since it was last read (a command cannot say)."""
@@ -119,19 +125,34 @@ class AssertionSource:
 
     async def _fetch(self) -> str:
         if self._file is not None:
-            return self._read_file(self._file)
+            # a file on a slow or stuck disk holds up a worker thread, not the event loop
+            return await anyio.to_thread.run_sync(self._read_file, self._file)
         assert self._command is not None
         return await self._run(self._command)
 
     def _read_file(self, path: Path) -> str:
+        """The file's text (blocking: run it in a thread), bounded like a cache read.
+
+        A FIFO or a device at the path is refused without waiting on it, and no
+        more than :data:`MAX_ASSERTION_BYTES` is read. Symlinks are followed: a
+        Kubernetes projected token is one.
+        """
         self._file_stamp = self._stamp()
         try:
-            return path.read_text(encoding="utf-8")
+            with os.fdopen(os.open(path, _READ_FLAGS), "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    raise self._required(f"{path} is not a regular file")
+                data = file.read(MAX_ASSERTION_BYTES + 1)
         except FileNotFoundError as exc:
             raise self._required(f"{path} does not exist") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise self._required(f"{path} cannot be read: {problem}") from exc
+        except OSError as exc:
+            raise self._required(f"{path} cannot be read: {exc.strerror or exc}") from exc
+        if len(data) > MAX_ASSERTION_BYTES:
+            raise self._required(f"{path} is larger than {MAX_ASSERTION_BYTES} bytes")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._required(f"{path} cannot be read: not UTF-8 text") from exc
 
     async def _run(self, command: tuple[str, ...]) -> str:
         shown = _shown(command)
