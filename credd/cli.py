@@ -94,11 +94,34 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     process = add("credential-process", "print credential_process JSON for PROFILE")
     process.add_argument("profile", metavar="PROFILE")
+    console = add("console", "sign the browser in to the AWS console with PROFILE's credentials")
+    console.add_argument("profile", metavar="PROFILE")
+    console.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_url",
+        help="only print the URL (it signs anyone in, for 15 minutes)",
+    )
+    console.add_argument(
+        "--destination",
+        metavar="URL",
+        type=_destination,
+        help="the console page to open (default: the console home of the profile's region)",
+    )
     token = add("token", "print the bearer access token of a trusted-identity session")
     token.add_argument("name", metavar="NAME")
     service = add("service", "the systemd user units: install, uninstall, status")
     service.add_argument("action", choices=("install", "uninstall", "status"))
     return parser
+
+
+def _destination(text: str) -> str:
+    from credd.console import checked_destination
+
+    try:
+        return checked_destination(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -186,6 +209,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
         }[args.action]
         for line in action(settings, os.environ).lines:
             print(line)
+    elif command == "console":
+        _console(settings, args, debug)
     elif command == "token":
         from credd.endpoint import client
 
@@ -536,6 +561,33 @@ def _credential_process(settings: Settings, profile: str) -> None:
                 "Expiration": creds["Expiration"],
             }
         )
+    )
+
+
+def _console(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
+    """``credd console PROFILE``: the browser signed in to the AWS console, or the URL."""
+    from credd import console
+    from credd.log import configure_logging
+
+    # errors only: a fetch made here, with no daemon running, logs what the daemon would
+    configure_logging("debug" if debug else "error", "console")
+    login = anyio.run(
+        functools.partial(
+            console.console_login, settings, args.profile, destination=args.destination
+        )
+    )
+    if args.print_url:
+        print(login.url.reveal())
+        return
+    if not console.open_in_browser(login):
+        raise CreddError(
+            "no browser could be opened",
+            hint=f"print the URL instead: credd console {args.profile} --print",
+        )
+    print(
+        f"Opened the AWS console for {args.profile}; the console session ends "
+        f"{login.session_ends:%Y-%m-%d %H:%M:%S} UTC.",
+        file=sys.stderr,
     )
 
 

@@ -25,11 +25,16 @@ from typing import Any
 import anyio
 import structlog
 from aiohttp import web
+from anyio.abc import TaskGroup
 
 from credd import __version__
+from credd.aws import AwsClients
 from credd.clock import Clock, SystemClock
 from credd.config.load import load_settings
 from credd.config.settings import (
+    AssumeRoleProfile,
+    IdentityEnhancedProfile,
+    ServedProfile,
     ServerSettings,
     SessionSpec,
     Settings,
@@ -43,10 +48,12 @@ from credd.engine.broker import DEFAULT_REQUEST_DEADLINE, Broker, Session
 from credd.engine.session import SessionContext
 from credd.engine.watch import CacheWatcher
 from credd.errors import CreddError
-from credd.files.store import atomic_write, format_timestamp
+from credd.files.store import LoginCache, SsoCache, atomic_write, format_timestamp
 from credd.platform.desktop import notify_login_required
 from credd.platform.systemd import Notifier, listen_sockets, watchdog_interval
+from credd.profiles import RoleCredentials
 from credd.sessions import SessionState
+from credd.sessions.iam_tokens import IamTokenCache
 from credd.sessions.identity_center import IdentityCenterSession
 from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySession
 from credd.wiring import (
@@ -176,6 +183,70 @@ async def run_watchdog(notifier: Notifier, interval: float) -> None:
         await anyio.sleep(interval)
 
 
+def make_broker(
+    settings: Settings,
+    *,
+    clients: AwsClients,
+    clock: Clock,
+    task_group: TaskGroup,
+    watcher: CacheWatcher,
+    caches: tuple[SsoCache, LoginCache, IamTokenCache] | None = None,
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+    on_login_required: Callable[[str, str], None] = lambda _session, _reason: None,
+) -> Broker:
+    """The broker, and how it makes one session per sign-in: the daemon's, and a one-shot's.
+
+    ``caches`` (Identity Center, Sign-In, trusted identity) default to the
+    settings' own; ``on_login_required(session, reason)`` hears of a session
+    that needs a new login.
+    """
+    sso, logins, iam_tokens = caches or (
+        sso_cache(settings),
+        login_cache(settings),
+        trusted_identity_cache(settings),
+    )
+
+    def subject(name: str) -> SubjectSession | None:
+        found = broker.session(name)
+        if isinstance(found, IdentityCenterSession | TrustedIdentitySession):
+            return found
+        return None
+
+    def make_session(spec: SessionSpec) -> Session:
+        refresh = settings.refresh
+        signin = isinstance(spec, SigninSessionSpec)
+        # Sign-In's credentials are the served ones (interface.md): theirs is that margin
+        margin = refresh.credentials_margin_seconds if signin else refresh.token_margin_seconds
+        context = SessionContext(
+            clock, task_group, margin, on_login_required=on_login_required, records=broker.record
+        )
+        if isinstance(spec, SigninSessionSpec):
+            # imported only when used: with it comes cryptography, some 7 MB
+            from credd.sessions.signin import SigninSession
+
+            return SigninSession(spec, cache=logins, clients=clients, context=context)
+        if isinstance(spec, TrustedIdentitySpec):
+            return TrustedIdentitySession(
+                spec,
+                cache=iam_tokens,
+                clients=clients,
+                signer=broker.signer(spec.source_profile),
+                sessions=subject,
+                context=context,
+            )
+        return IdentityCenterSession(spec, cache=sso, clients=clients, context=context)
+
+    broker = Broker(
+        make_session=make_session,
+        clients=clients,
+        clock=clock,
+        task_group=task_group,
+        watcher=watcher,
+        request_deadline=request_deadline,
+    )
+    return broker
+
+
 async def run_daemon(
     settings: Settings,
     *,
@@ -202,45 +273,17 @@ async def run_daemon(
         def login_required(session: str, reason: str) -> None:
             tg.start_soon(notify_login_required, session, reason, env)
 
-        def subject(name: str) -> SubjectSession | None:
-            found = broker.session(name)
-            if isinstance(found, IdentityCenterSession | TrustedIdentitySession):
-                return found
-            return None
-
-        def make_session(spec: SessionSpec) -> Session:
-            refresh = settings.refresh
-            signin = isinstance(spec, SigninSessionSpec)
-            # Sign-In's credentials are the served ones (interface.md): theirs is that margin
-            margin = refresh.credentials_margin_seconds if signin else refresh.token_margin_seconds
-            context = SessionContext(
-                clock, tg, margin, on_login_required=login_required, records=broker.record
-            )
-            if isinstance(spec, SigninSessionSpec):
-                # imported only when used: with it comes cryptography, some 7 MB
-                from credd.sessions.signin import SigninSession
-
-                return SigninSession(spec, cache=logins, clients=clients, context=context)
-            if isinstance(spec, TrustedIdentitySpec):
-                return TrustedIdentitySession(
-                    spec,
-                    cache=iam_tokens,
-                    clients=clients,
-                    signer=broker.signer(spec.source_profile),
-                    sessions=subject,
-                    context=context,
-                )
-            return IdentityCenterSession(spec, cache=cache, clients=clients, context=context)
-
         watcher = CacheWatcher()
         await tg.start(watcher.run)
-        broker = Broker(
-            make_session=make_session,
+        broker = make_broker(
+            settings,
             clients=clients,
             clock=clock,
             task_group=tg,
             watcher=watcher,
+            caches=(cache, logins, iam_tokens),
             request_deadline=request_deadline,
+            on_login_required=login_required,
         )
         control = DaemonControl(settings, broker, notifier, clock)
         control.apply(settings)
@@ -339,3 +382,69 @@ async def running_daemon(
             yield handle
         finally:
             handle.stop()
+
+
+async def fetch_once(
+    settings: Settings, profile: str, *, clock: Clock | None = None
+) -> RoleCredentials:
+    """``profile``'s credentials, fetched in this process as the daemon fetches them.
+
+    For a command that finds no daemon running: the same broker and sessions,
+    but only those ``profile`` needs (:func:`needed_by`), read the shared caches
+    (and renew a token that is due, as the daemon would, writing it back);
+    nothing listens, nothing is prefetched, no desktop notification is sent,
+    and everything stops once the answer is in. Raises what
+    :meth:`Broker.credentials` raises.
+    """
+    clock = clock or SystemClock()
+    sessions, profiles = needed_by(settings, profile)
+    try:
+        async with aws_clients(settings) as clients, anyio.create_task_group() as tg:
+            # Nothing here outlives the answer: its watcher needs no running.
+            broker = make_broker(
+                settings, clients=clients, clock=clock, task_group=tg, watcher=CacheWatcher()
+            )
+            broker.apply(
+                sessions=sessions,
+                profiles=profiles,
+                sources=settings.sources,
+                refresh=dataclasses.replace(settings.refresh, prefetch=frozenset()),
+            )
+            await tg.start(broker.run)
+            creds = await broker.credentials(profile, wait=None)
+            tg.cancel_scope.cancel()  # a renewal under way is shielded: it ends first
+    except* CreddError as failed:  # one error, as the endpoint would have answered it
+        raise failed.exceptions[0] from None
+    return creds
+
+
+def needed_by(
+    settings: Settings, profile: str
+) -> tuple[dict[str, SessionSpec], dict[str, ServedProfile]]:
+    """The sessions and served profiles ``profile``'s credentials come from, itself included.
+
+    Its source profiles (a role chain, the signer of an identity-enhanced role or
+    of a CreateTokenWithIAM call) and sessions (its own, a token exchange's
+    subject), followed to the end.
+    """
+    sessions: dict[str, SessionSpec] = {}
+    profiles: dict[str, ServedProfile] = {}
+    wanted: list[tuple[str, str | None]] = [("profile", profile)]
+    while wanted:
+        kind, name = wanted.pop()
+        if name is None:
+            continue
+        if kind == "profile" and name in settings.profiles and name not in profiles:
+            spec = profiles[name] = settings.profiles[name]
+            if isinstance(spec, AssumeRoleProfile | IdentityEnhancedProfile):
+                wanted.append(("profile", spec.source_profile))
+            if not isinstance(spec, AssumeRoleProfile):
+                wanted.append(("session", spec.session))
+        elif kind == "session" and name in settings.sessions and name not in sessions:
+            session = sessions[name] = settings.sessions[name]
+            if isinstance(session, TrustedIdentitySpec):
+                wanted += [
+                    ("profile", session.source_profile),
+                    ("session", session.subject_session),
+                ]
+    return sessions, profiles

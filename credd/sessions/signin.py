@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from credd.aws import Answer, AwsClients
 from credd.clock import Clock
@@ -48,6 +49,8 @@ from credd.sessions import SessionState, SessionStatus
 from credd.sessions.dpop import HEADER, DpopKey
 
 SERVICE: Final = "signin"
+#: the client id of ``aws login`` on the same device (protocols.md 4.5)
+SAME_DEVICE_CLIENT: Final = "arn:aws:signin:::devtools/same-device"
 REFRESH_GRANT: Final = "refresh_token"
 TOKEN_TYPE: Final = "aws_sigv4"  # noqa: S105  # a tokenType, not a secret
 #: Sign-In credentials last at most this long (``expiresIn`` 1..900, protocols.md 4.2)
@@ -77,6 +80,44 @@ def attach_proofs(client: Any, key: DpopKey, clock: Clock) -> None:
         request.headers[HEADER] = key.proof(method=request.method, url=request.url, now=clock.now())
 
     client.meta.events.register(f"before-send.{SERVICE}.CreateOAuth2Token", add_proof)
+
+
+class _Resolved(Exception):  # control flow, not an error
+    """Carries the URL of a request that was prepared and never sent."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+async def resolve_base_url(clients: AwsClients, *, region: str, profile: str | None) -> str:
+    """``scheme://host[:port]`` of the Sign-In endpoint botocore resolves for ``region``.
+
+    Endpoint overrides included (``AWS_ENDPOINT_URL_SIGNIN``, ``AWS_ENDPOINT_URL``,
+    ``endpoint_url`` of ``profile``'s ``[services]``), learnt as the AWS CLI
+    learns it (``get_base_sign_in_uri``, protocols.md 4.5): by preparing a
+    CreateOAuth2Token request and reading its URL, never sending it. Every
+    browser URL on the Sign-In host is built on it: ``/v1/authorize`` and the
+    console's ``/federation``.
+    """
+
+    def resolved(request: Any, **_: Any) -> None:
+        raise _Resolved(str(request.url))
+
+    async with clients.client(SERVICE, region=region, profile=profile, attempts=1) as signin:
+        signin.meta.events.register(f"before-send.{SERVICE}.CreateOAuth2Token", resolved)
+        try:
+            await signin.create_oauth2_token(
+                tokenInput={
+                    "clientId": SAME_DEVICE_CLIENT,
+                    "grantType": REFRESH_GRANT,
+                    "refreshToken": "never-sent",
+                }
+            )
+        except _Resolved as found:
+            parts = urlsplit(found.url)
+            return f"{parts.scheme}://{parts.netloc}"
+    raise UpstreamError("could not work out the Sign-In endpoint")  # pragma: no cover
 
 
 def explain_refusal(exc: UpstreamError, spec: SigninSessionSpec) -> CreddError:

@@ -31,7 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode
 
 import anyio
 import structlog
@@ -49,11 +49,19 @@ from credd.sessions.loopback import (
     Pkce,
     loopback_redirect,
 )
-from credd.sessions.signin import SERVICE, TOKEN_TYPE, attach_proofs, permission_missing
+
+# the client id lives with Sign-In's other constants; logins and their tests name it here
+from credd.sessions.signin import SAME_DEVICE_CLIENT as SAME_DEVICE_CLIENT
+from credd.sessions.signin import (
+    SERVICE,
+    TOKEN_TYPE,
+    attach_proofs,
+    permission_missing,
+    resolve_base_url,
+)
 
 log = structlog.get_logger(__name__)
 
-SAME_DEVICE_CLIENT: Final = "arn:aws:signin:::devtools/same-device"
 CROSS_DEVICE_CLIENT: Final = "arn:aws:signin:::devtools/cross-device"
 AUTH_CODE_GRANT: Final = "authorization_code"
 AUTHORIZE_PATH: Final = "/v1/authorize"
@@ -101,14 +109,6 @@ class SigninResult:
 
 class _CodeExpired(Exception):
     """AUTHCODE_EXPIRED: the login starts over."""
-
-
-class _Resolved(Exception):  # control flow, not an error
-    """Carries the URL of a request that was prepared and never sent."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.url = url
 
 
 def id_token_subject(id_token: str) -> str:
@@ -229,24 +229,9 @@ class SigninLogin:
 
     async def base_url(self) -> str:
         """``scheme://host[:port]`` of the Sign-In endpoint botocore resolves (4.5)."""
-
-        def resolved(request: Any, **_: Any) -> None:
-            raise _Resolved(str(request.url))
-
-        async with self._client(attempts=1) as signin:
-            signin.meta.events.register(f"before-send.{SERVICE}.CreateOAuth2Token", resolved)
-            try:
-                await signin.create_oauth2_token(
-                    tokenInput={
-                        "clientId": SAME_DEVICE_CLIENT,
-                        "grantType": "refresh_token",
-                        "refreshToken": "never-sent",
-                    }
-                )
-            except _Resolved as found:
-                parts = urlsplit(found.url)
-                return f"{parts.scheme}://{parts.netloc}"
-        raise UpstreamError("could not work out the Sign-In endpoint")  # pragma: no cover
+        return await resolve_base_url(
+            self._clients, region=self._target.region, profile=self._target.endpoint_profile
+        )
 
     async def _attempt(self) -> SigninResult:
         key = DpopKey.generate()  # one key per session (protocols.md 4.4)

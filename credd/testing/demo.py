@@ -116,6 +116,10 @@ async def main() -> None:
                     say("Role chaining: profile admin assumes a role from dev's credentials")
                     await run(env, *credd, "exec", "admin", "--", sys.executable, "-c", WHOAMI)
 
+                    say("The AWS console, signed in with dev's credentials: credd console dev")
+                    print("    (--print: the URL only; it signs anyone in for 15 minutes)")
+                    await run(env, *credd, "console", "dev", "--print")
+
                     say("What credd holds now")
                     await run(env, *credd, "status")
                     calls = ", ".join(f"{op} {n}" for op, n in sorted(emu.calls.items()))

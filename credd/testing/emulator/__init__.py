@@ -9,7 +9,8 @@ AWS would, so credd's tests fail where AWS would fail::
 
 Module map: :mod:`.config` (settings, directory), :mod:`.state` (what was
 issued), :mod:`.identities` (ARNs), :mod:`.oauth` (OAuth rules),
-:mod:`.oidc`, :mod:`.consent`, :mod:`.portal`, :mod:`.sts` (the services),
+:mod:`.oidc`, :mod:`.consent`, :mod:`.portal`, :mod:`.sts`, :mod:`.signin`,
+:mod:`.federation` (the services; the last, the console's sign-in tokens),
 :mod:`.iam_token` (CreateTokenWithIAM), :mod:`.identity_center` (its applications
 and trusted token issuers), :mod:`.issuer` (the hosted test token issuer, JWTs),
 :mod:`.sigv4` (signature verification), :mod:`.errors` (error responses),
