@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     process = add("credential-process", "print credential_process JSON for PROFILE")
     process.add_argument("profile", metavar="PROFILE")
+    populate = add(
+        "populate", "add a profile for every account and role an Identity Center session reaches"
+    )
+    populate.add_argument("session", metavar="SESSION")
+    populate.add_argument("--dry-run", action="store_true", help="print what would be added")
+    populate.add_argument(
+        "--template",
+        default="{account_name}.{role_name}",
+        help="profile names: {account_name}, {account_id}, {role_name}, {session} "
+        "(default: %(default)s)",
+    )
+    populate.add_argument("--region", help="region of the new profiles (default: sso_region)")
+    populate.add_argument(
+        "--prune", action="store_true", help="remove populate's own profiles of roles now gone"
+    )
     console = add("console", "sign the browser in to the AWS console with PROFILE's credentials")
     console.add_argument("profile", metavar="PROFILE")
     console.add_argument(
@@ -170,7 +185,7 @@ def _use_uvloop() -> bool:
 
 
 #: the commands that hold tokens in memory: no core dumps, no reading of it (issue 11)
-TOKEN_HOLDING_COMMANDS = frozenset({"serve", "login"})
+TOKEN_HOLDING_COMMANDS = frozenset({"serve", "login", "populate"})
 
 
 def _dispatch(args: argparse.Namespace, debug: bool) -> None:
@@ -209,6 +224,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
         }[args.action]
         for line in action(settings, os.environ).lines:
             print(line)
+    elif command == "populate":
+        _populate(settings, args, debug)
     elif command == "console":
         _console(settings, args, debug)
     elif command == "token":
@@ -470,6 +487,97 @@ def _logout(settings: Settings, name: str) -> None:
     detail = f" (profile {spec.profile})" if isinstance(spec, SigninSessionSpec) else ""
     print(f"Logged out of {spec.name}{detail}.", file=sys.stderr)
     _tell_daemon(settings, spec.name, logged_in=False)
+
+
+# --------------------------------------------------------------------------- populate
+
+
+class _PopulateProgress:
+    """On a terminal: what the listing is doing, redrawn in place on one line of stderr."""
+
+    def show(self, text: str) -> None:
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+    def accounts_listed(self, count: int) -> None:
+        self.roles_listed(0, count)
+
+    def roles_listed(self, done: int, total: int) -> None:
+        self.show(f"Fetching roles for {total} accounts… {done}/{total}")
+
+    def clear(self) -> None:
+        self.show("")
+
+
+def _populate(settings: Settings, args: argparse.Namespace, debug: bool) -> None:
+    """``credd populate SESSION``: a profile for each role the session reaches and the AWS
+    config does not serve yet (see :mod:`credd.populate`); a running daemon reloads."""
+    from credd import populate, wiring
+    from credd.assignments import NO_PROGRESS
+    from credd.clock import SystemClock
+    from credd.log import configure_logging
+
+    configure_logging("debug" if debug else "warning", "console")
+    paths = settings.paths
+    try:
+        options = populate.Options(
+            template=args.template, region=args.region, dry_run=args.dry_run, prune=args.prune
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    spec = populate.find_session(
+        args.session, settings.session_for(args.session), paths.aws_config_file
+    )
+    terminal = _PopulateProgress() if sys.stderr.isatty() else None
+    if terminal is not None:
+        terminal.show("Fetching accounts…")
+    try:
+        plan = anyio.run(
+            functools.partial(
+                populate.populate,
+                spec,
+                cache=wiring.sso_cache(settings),
+                clients=wiring.aws_clients(settings),
+                clock=SystemClock(),
+                margin_seconds=settings.refresh.token_margin_seconds,
+                config_file=paths.aws_config_file,
+                credentials_file=paths.aws_credentials_file,
+                options=options,
+                reserved={*settings.sessions, *settings.profiles},
+                progress=terminal or NO_PROGRESS,
+            )
+        )
+    finally:
+        if terminal is not None:
+            terminal.clear()
+    reach = f"{plan.roles} roles in {plan.accounts} accounts, {plan.served} already served"
+    if args.dry_run:
+        print(plan.new_sections, end="")
+        for name in plan.removed:
+            print(f"# would remove [profile {name}]")
+        would = f"would add {len(plan.added)} profiles"
+        if options.prune:
+            would += f" and remove {len(plan.removed)}"
+        print(f"Dry run: {would} ({reach}); nothing written.", file=sys.stderr)
+        return
+    for added in plan.added:
+        role = added.assignment
+        print(f"added {added.name} ({role.account_id} {role.role_name})")
+    for name in plan.removed:
+        print(f"removed {name}")
+    for name, why in plan.kept:
+        print(f"credd: kept profile {name}, whose role is gone: {why}", file=sys.stderr)
+    if not (plan.added or plan.removed):
+        print(f"Nothing to change in {paths.aws_config_file} ({reach}).", file=sys.stderr)
+    else:
+        done = [f"Added {len(plan.added)} profiles"]
+        if options.prune:
+            done.append(f"removed {len(plan.removed)}")
+        print(f"{' and '.join(done)} in {paths.aws_config_file} ({reach}).", file=sys.stderr)
+        try:
+            if _reloaded(settings):
+                print("The running daemon serves them now.", file=sys.stderr)
+        except DaemonUnavailable:
+            pass  # `credd serve` reads the AWS config when it starts
 
 
 # --------------------------------------------------------------------------- status

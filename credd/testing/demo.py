@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import Process
 
 from credd.testing.browser import install_shim
-from credd.testing.emulator import Emulator
+from credd.testing.emulator import Emulator, organization_directory
 
 AWS_CONFIG = """\
 [sso-session demo]
@@ -78,7 +78,7 @@ async def main() -> None:
         )
         browser = install_shim(home / "browser")
 
-        async with Emulator().running() as emu:
+        async with Emulator(directory=organization_directory()).running() as emu:
             say(f"A strict local AWS emulator (sso-oidc, SSO portal, STS) listens on {emu.url}")
             env = {
                 k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "XDG_", "CREDD"))
@@ -115,6 +115,20 @@ async def main() -> None:
 
                     say("Role chaining: profile admin assumes a role from dev's credentials")
                     await run(env, *credd, "exec", "admin", "--", sys.executable, "-c", WHOAMI)
+
+                    say("Every account and role of the session as a profile: credd populate demo")
+                    await run(env, *credd, "populate", "demo")
+                    say("A new profile, served at once: Data-Analytics-EU.DataScientist")
+                    await run(
+                        env,
+                        *credd,
+                        "exec",
+                        "Data-Analytics-EU.DataScientist",
+                        "--",
+                        sys.executable,
+                        "-c",
+                        WHOAMI,
+                    )
 
                     say("The AWS console, signed in with dev's credentials: credd console dev")
                     print("    (--print: the URL only; it signs anyone in for 15 minutes)")

@@ -28,6 +28,7 @@ from .config import (
     EmulatorConfig,
     User,
     default_directory,
+    organization_directory,
 )
 from .faults import Fault, FaultPlan
 from .identity_center import Application, IdentityCenter, TrustedTokenIssuer
@@ -49,4 +50,5 @@ __all__ = [
     "TrustedTokenIssuer",
     "User",
     "default_directory",
+    "organization_directory",
 ]

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                 flag,
                 type=_seconds(knob.optional),
                 default=knob.default,
-                metavar="SECONDS",
+                metavar=knob.unit.upper(),
                 help=f"{knob.help} (default: {shown})",
             )
     return parser

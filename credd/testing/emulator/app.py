@@ -111,10 +111,25 @@ class Emulator:
     def directory(self) -> Directory:
         return self._rt.directory
 
+    @directory.setter
+    def directory(self, directory: Directory) -> None:
+        """An administrator changes who may use what: the next request sees the new directory."""
+        self._rt.directory = directory
+
     @property
     def calls(self) -> Counter[str]:
         """Requests per operation name that reached the operation, faulted ones included."""
         return self._rt.calls
+
+    @property
+    def in_flight(self) -> Counter[str]:
+        """Requests of each operation being answered now (a fault's latency included)."""
+        return self._rt.in_flight
+
+    @property
+    def peak_in_flight(self) -> Counter[str]:
+        """The most requests of each operation answered at once (a fault's latency included)."""
+        return self._rt.peak_in_flight
 
     @property
     def faults(self) -> FaultPlan:

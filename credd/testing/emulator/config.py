@@ -14,6 +14,7 @@ and the Identity Center instance behind CreateTokenWithIAM
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, cast
@@ -31,6 +32,7 @@ def _knob(
     minimum: int = 1,
     maximum: int | None = None,
     optional: bool = False,
+    unit: str = "seconds",
 ) -> Any:
     """A setting; ``optional`` ones (and those off by default) may be set to ``None``: off."""
     return field(
@@ -40,6 +42,7 @@ def _knob(
             "minimum": minimum,
             "maximum": maximum,
             "optional": optional or default is None,
+            "unit": unit,
         },
     )
 
@@ -59,6 +62,13 @@ class EmulatorConfig:
     )
     auth_code_ttl: int = _knob(300, "authorization code lifetime (/authorize)")
     role_ttl: int = _knob(3600, "GetRoleCredentials credential lifetime")
+    portal_page_size: int | None = _knob(
+        None,
+        "most items in a ListAccounts/ListAccountRoles page, whatever max_result asks "
+        "(AWS may send fewer); none: as asked",
+        maximum=100,
+        unit="items",
+    )
     assume_role_cap: int | None = _knob(
         None, "cap on AssumeRole credential lifetime (none: DurationSeconds as asked)"
     )
@@ -118,7 +128,7 @@ def _checked(name: str, value: object) -> int | bool | None:
     if value is None and knob.metadata["optional"]:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer number of seconds")
+        raise ValueError(f"{name} must be an integer number of {knob.metadata['unit']}")
     if value < knob.metadata["minimum"]:
         raise ValueError(f"{name} must be at least {knob.metadata['minimum']}")
     if knob.metadata["maximum"] is not None and value > knob.metadata["maximum"]:
@@ -135,12 +145,18 @@ class Knob:
     help: str
     #: whether ``None`` ("off") is a valid value
     optional: bool
+    #: what the number counts (``seconds`` for lifetimes)
+    unit: str = "seconds"
 
 
 def knobs() -> tuple[Knob, ...]:
     return tuple(
         Knob(
-            f.name, cast("int | bool | None", f.default), f.metadata["help"], f.metadata["optional"]
+            f.name,
+            cast("int | bool | None", f.default),
+            f.metadata["help"],
+            f.metadata["optional"],
+            f.metadata["unit"],
         )
         for f in fields(EmulatorConfig)
     )
@@ -230,4 +246,31 @@ def default_directory() -> Directory:
             ),
         ),
         default_user="alice",
+    )
+
+
+def organization_directory() -> Directory:
+    """The default directory and three more accounts for ``alice``, as an organization has them.
+
+    For ``credd populate``: account names with spaces and punctuation (``&``,
+    parentheses, an apostrophe, a colon), which profile names cannot hold.
+    """
+    base = default_directory()
+    more = {
+        Account("333333333333", "Data & Analytics (EU)", "data@example.com"): (
+            "ReadOnly",
+            "DataScientist",
+        ),
+        Account("444444444444", "Shared Services", "shared@example.com"): (
+            "ReadOnly",
+            "NetworkAdmin",
+        ),
+        Account("555555555555", "Sandbox: Ana's team", "sandbox@example.com"): ("Admin",),
+    }
+    alice = base.user("alice")
+    assignments = {**alice.assignments, **{a.account_id: roles for a, roles in more.items()}}
+    return dataclasses.replace(
+        base,
+        accounts=(*base.accounts, *more),
+        users=(dataclasses.replace(alice, assignments=assignments),),
     )

@@ -3,8 +3,9 @@
 An :class:`Operation` is a named handler plus the error class of its service.
 :func:`invoke` is the only way a request reaches a handler: it counts the call
 (``emu.calls``: every request that reached the operation, including those a
-fault then answers), acts out a queued fault, and turns a raised
-:class:`~.errors.AwsError` into that service's error response. The middleware
+fault then answers; ``emu.peak_in_flight``: the most answered at once), acts
+out a queued fault, and turns a raised :class:`~.errors.AwsError` into that
+service's error response. The middleware
 puts ``x-amzn-RequestId`` on every response (protocols.md §1).
 """
 
@@ -58,10 +59,16 @@ async def invoke(
         except AwsError as exc:
             return exc.response(request_id)
 
-    fault = runtime.faults.take(operation.name)
-    if fault is not None:
-        return await apply_fault(fault, request, operation.errors, request_id, answer)
-    return await answer()
+    name = operation.name
+    runtime.in_flight[name] += 1
+    runtime.peak_in_flight[name] = max(runtime.peak_in_flight[name], runtime.in_flight[name])
+    try:
+        fault = runtime.faults.take(name)
+        if fault is not None:
+            return await apply_fault(fault, request, operation.errors, request_id, answer)
+        return await answer()
+    finally:
+        runtime.in_flight[name] -= 1
 
 
 def json_ok(members: dict[str, object]) -> web.Response:

@@ -28,6 +28,10 @@ class Runtime:
     state: State = field(default_factory=State)
     #: requests that reached each operation, faulted ones included
     calls: Counter[str] = field(default_factory=Counter)
+    #: requests of each operation being answered now (a fault's latency included)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    #: the most requests of each operation that were ever in flight at once
+    peak_in_flight: Counter[str] = field(default_factory=Counter)
 
     def now(self) -> datetime:
         return self.clock.now()
