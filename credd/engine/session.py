@@ -463,7 +463,8 @@ class KeptSession(Generic[T]):
             log.error("renewal_bug", session=self.name, error=failure.message)  # noqa: TRY400
             self._fail(failure, began)
             raise failure from exc
-        self.record.succeeded()
+        if not self._unsaved:  # else its write failed: that failure stands, and is retried
+            self.record.succeeded()
         return token
 
     async def _renew(self) -> T:
@@ -502,9 +503,16 @@ class KeptSession(Generic[T]):
                 self.name, f"{strategy.nothing_cached} (logged out)", action=self.login_command
             )
         if held is not None and self._unsaved:
-            expected = await self._write(held, expected, None)
-            if not self._due(held, now) and self._servable(now) is not None:
-                return held
+            try:
+                expected = await self._write(held, expected, None)
+            except CacheWriteError:
+                if not self._due(held, now) and self._servable(now) is not None:
+                    raise  # nothing due: the write alone is retried, with backoff
+                # Due: renewed from the token held in memory (the one on disk is spent),
+                # and the new one is kept in memory in its turn.
+            else:
+                if not self._due(held, now) and self._servable(now) is not None:
+                    return held
         if held is not None and not strategy.renewable(held, now):
             servable = self._servable(now)
             if servable is not None:

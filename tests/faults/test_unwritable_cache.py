@@ -217,17 +217,6 @@ async def test_a_token_that_cannot_be_written_gets_a_rescue_copy(
         assert copy["token"]["refreshToken"] == held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug (issue 10 fault suite): once a rotated token is held unsaved, "
-        "KeptSession._renew_locked retries the write before anything else "
-        "(credd/engine/session.py, `expected = await self._write(held, expected, None)`), "
-        "and the CacheWriteError it raises ends the renewal: past the held token's expiry "
-        "the daemon answers 503 CacheWriteError instead of renewing with the refresh token "
-        "it holds"
-    ),
-)
 async def test_a_disk_that_stays_read_only_past_a_second_expiry_costs_no_session(
     world: FrozenWorld, sso_tmpfs: Tmpfs
 ) -> None:
