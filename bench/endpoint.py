@@ -3,12 +3,16 @@
 Run from the repository root, with credd installed in the interpreter you use::
 
     python bench/endpoint.py [--duration 5] [--connections 1,32,256] [--rounds 1] [--uvloop]
+                             [--admin-token]
 
 Everything lives in a throwaway HOME (the real ``~/.aws`` is never read or
 written): the strict local AWS emulator, an AWS config with the sso-session
 ``my-sso`` and the profile ``dev``, ``credd serve`` on ``127.0.0.1:0`` and a
 ``credd login my-sso`` approved by the headless test browser, each one a
-subprocess. One GET then puts dev's credentials in memory.
+subprocess. One GET then puts dev's credentials in memory. credd is asked with a
+token scoped to ``dev`` from ``credd grant dev``, as SDKs given ``credd env`` ask
+it (its check is the admin token's comparison, then one SHA-256 and a lookup);
+``--admin-token`` asks with the admin token instead, as the ``credd`` command does.
 
 The baseline ("the framework floor") is a bare aiohttp app in its own process:
 the same route, a constant JSON body of the same size and the same token check
@@ -187,8 +191,11 @@ class Target:
 class Bench:
     """The throwaway HOME (:class:`harness.Home`), credd in it, and the floor beside it."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, scoped: bool = True) -> None:
         self.home = Home(ws)
+        #: credd is asked with a scoped token (credd grant), else with the admin token
+        self.scoped = scoped
+        self._scoped: str | None = None
         self.procs = ws.procs
         self.body_size = 0
         self._credd: subprocess.Popen[bytes] | None = None
@@ -216,7 +223,15 @@ class Bench:
         if self._credd_starts == 1:
             self.home.login()
         self.body_size = len(self.home.get_credentials(credd, PROFILE))
-        return Target("credd", credd.credentials_url(PROFILE), credd.token, kind, credd.pid)
+        token = credd.token
+        if self.scoped:
+            if self._scoped is None:  # kept in the grants file across restarts
+                self._scoped = self.home.credd_command("grant", PROFILE).strip()
+            status, body = http_get(credd.credentials_url(PROFILE), self._scoped)
+            if status != 200 or len(body) != self.body_size:
+                raise BenchError(f"credd refused the scoped token: {status}")
+            token = self._scoped
+        return Target("credd", credd.credentials_url(PROFILE), token, kind, credd.pid)
 
     def start_floor(self, loop: str) -> Target:
         if self._floor is not None:
@@ -765,6 +780,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile", action="store_true", help="one more run with py-spy sampling credd"
     )
+    parser.add_argument(
+        "--admin-token",
+        action="store_true",
+        help="ask credd with the admin token, as the credd command does (default: a scoped "
+        "token from credd grant, as SDKs given credd env do)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary HOME and logs")
     # internal roles of this same file, run as child processes
     parser.add_argument("--serve-floor", type=int, metavar="BODY_SIZE", help=argparse.SUPPRESS)
@@ -790,7 +811,7 @@ def bench_main(args: argparse.Namespace) -> int:
         load = Load(ws.procs, root, pinned[1] if pinned else None, args.threads, args.wrk)
         if args.wrk and load.wrk is None:
             progress("wrk not found (apt-get install wrk); using the aiohttp load client instead")
-        bench = Bench(ws)
+        bench = Bench(ws, scoped=not args.admin_token)
         progress(f"setting up in {root} ...")
         bench.prepare()
         modes = [run_mode(bench, load, "asyncio", args.connections, args)]
@@ -805,7 +826,7 @@ def bench_main(args: argparse.Namespace) -> int:
     report.append(
         f"credd endpoint benchmark: GET /v1/credentials/{PROFILE} ({bench.body_size}-byte JSON "
         f"answer), {args.duration:g} s per run, {args.rounds} round(s), credd and the floor "
-        "alternately"
+        f"alternately; credd asked with {'the admin' if args.admin_token else 'a scoped'} token"
     )
     report += machine_facts(load, pinned)
     for mode in modes:

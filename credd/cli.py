@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: what `credd env` and `credd exec` clear, so nothing shadows the endpoint
+#: what `credd env` and `credd exec` clear (or set), so nothing shadows the endpoint
 #: (botocore's chain puts env keys and profiles before the container provider)
 SHADOWING_VARIABLES = (
     "AWS_PROFILE",
@@ -89,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     env = add("env", "print export lines that point SDKs at the endpoint for PROFILE")
     env.add_argument("profile", metavar="PROFILE")
+    grant = add("grant", "print a new scoped token: it fetches PROFILE's credentials only")
+    grant.add_argument("profile", metavar="PROFILE")
+    grant.add_argument(
+        "--ttl", type=_seconds, metavar="SECONDS", help="it expires this long from now"
+    )
+    revoke = add("revoke", "end scoped tokens at once: one (its value or id), a profile's, all")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("token", nargs="?", metavar="TOKEN", help="a token, or its id")
+    which.add_argument("--profile", metavar="PROFILE", help="every scoped token of PROFILE")
+    which.add_argument("--all", action="store_true", help="every scoped token")
     run = add("exec", "run a command with the endpoint for PROFILE")
     run.add_argument("profile", metavar="PROFILE")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -137,6 +147,16 @@ def _destination(text: str) -> str:
         return checked_destination(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -212,6 +232,10 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
             print(line)
     elif command == "exec":
         _exec(settings, args.profile, args.argv)
+    elif command == "grant":
+        print(_grant(settings, args.profile, args.ttl))
+    elif command == "revoke":
+        _revoke(settings, args.token, args.profile, everything=args.all)
     elif command == "credential-process":
         _credential_process(settings, args.profile)
     elif command == "service":
@@ -619,13 +643,27 @@ def _served(settings: Settings, profile: str) -> None:
 
 
 def _environment(settings: Settings, profile: str) -> dict[str, str]:
+    """The endpoint for ``profile`` and its scoped token, as a file and as a value."""
+    from credd import wiring
+    from credd.clock import SystemClock
     from credd.endpoint.client import endpoint
+    from credd.endpoint.handout import hand_out
 
     _served(settings, profile)
     where = endpoint(settings)
+    handout = hand_out(
+        wiring.grant_store(settings),
+        wiring.env_token_dir(settings),
+        profile,
+        now=SystemClock().now(),
+    )
+    if not handout.reused:
+        _sync_grants(settings)
     values = {
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": where.credentials_url(profile),
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(where.token_file),
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(handout.token_file),
+        # the value too, for SDKs that predate the file (issue 11)
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": handout.token,
     }
     region = settings.region_of(profile)
     if region:
@@ -635,9 +673,65 @@ def _environment(settings: Settings, profile: str) -> dict[str, str]:
 
 def _env_lines(settings: Settings, profile: str) -> list[str]:
     values = _environment(settings, profile)
-    lines = [f"unset {' '.join(SHADOWING_VARIABLES)}"]
+    cleared = [name for name in SHADOWING_VARIABLES if name not in values]
+    lines = [f"unset {' '.join(cleared)}"]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
     return lines
+
+
+# --------------------------------------------------------------------------- scoped tokens
+
+
+def _grant(settings: Settings, profile: str, ttl: float | None) -> str:
+    """``credd grant``: a new scoped token for ``profile``, in force when this returns."""
+    from credd import wiring
+    from credd.clock import SystemClock
+
+    _served(settings, profile)
+    _, token = wiring.grant_store(settings).issue(
+        profile, now=SystemClock().now(), purpose="grant", ttl_seconds=ttl
+    )
+    _sync_grants(settings)
+    return token
+
+
+def _revoke(
+    settings: Settings, token: str | None, profile: str | None, *, everything: bool
+) -> None:
+    """``credd revoke``: prints each scoped token it ended; none for a TOKEN is an error."""
+    from credd import wiring
+    from credd.clock import SystemClock
+    from credd.files.store import format_timestamp
+
+    ended = wiring.grant_store(settings).revoke(
+        now=SystemClock().now(), token=token, profile=profile, everything=everything
+    )
+    _sync_grants(settings)
+    for grant in ended:
+        print(
+            f"revoked {grant.id} ({grant.profile}, {grant.purpose}, "
+            f"created {format_timestamp(grant.created)})"
+        )
+    if not ended:
+        if token is not None:
+            raise CreddError("no live scoped token has that value or id", hint="see credd status")
+        print("no live scoped tokens to revoke" + (f" for {profile}" if profile else ""))
+
+
+def _sync_grants(settings: Settings) -> None:
+    """Have a running daemon re-read the grants file now: the change is in force on return."""
+    from credd.endpoint import client
+
+    try:
+        client.request(settings, "/v1/grants/sync", method="POST")
+    except DaemonUnavailable:
+        pass  # a daemon that starts later reads the file then
+    except CreddError as exc:  # the file is written: say how to put it in force
+        print(
+            f"credd: warning: the running daemon did not re-read its scoped tokens ({exc}); "
+            "it will when it notices the file changed, or restart it",
+            file=sys.stderr,
+        )
 
 
 def _exec(settings: Settings, profile: str, argv: list[str]) -> NoReturn:

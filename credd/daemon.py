@@ -1,7 +1,8 @@
 """The composition root: settings in, a running daemon out.
 
-Builds the caches, the AWS clients, one session per sign-in, the broker and
-the HTTP endpoint, all inside one task group. Readiness is explicit:
+Builds the caches, the AWS clients, one session per sign-in, the broker, the
+scoped tokens (kept in step with their file) and the HTTP endpoint, all inside
+one task group. Readiness is explicit:
 :func:`run_daemon` reports its :class:`DaemonHandle` through ``task_status``,
 and tells systemd ``READY=1``, once the caches are read and the endpoint is
 bound. A reload (SIGHUP) swaps the configuration without dropping what stays;
@@ -41,6 +42,7 @@ from credd.config.settings import (
     SigninSessionSpec,
     TrustedIdentitySpec,
 )
+from credd.endpoint.grants import Grants, GrantsKeeper
 from credd.endpoint.limits import EndpointLoad
 from credd.endpoint.server import Endpoint, make_server
 from credd.endpoint.status import status_document
@@ -59,6 +61,7 @@ from credd.sessions.trusted_identity import SubjectSession, TrustedIdentitySessi
 from credd.wiring import (
     aws_clients,
     ensure_endpoint_token,
+    grant_store,
     login_cache,
     sso_cache,
     trusted_identity_cache,
@@ -95,9 +98,18 @@ class DaemonHandle:
 class DaemonControl:
     """What a running daemon can be told: reload the configuration, stop."""
 
-    def __init__(self, settings: Settings, broker: Broker, notifier: Notifier, clock: Clock):
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        notifier: Notifier,
+        clock: Clock,
+        grants: GrantsKeeper | None = None,
+    ):
         self.settings = settings
         self._broker = broker
+        #: the scoped tokens in force (``credd status`` lists them)
+        self.grants = grants
         self._notifier = notifier
         self._clock = clock
         self.started_at = clock.now()
@@ -137,6 +149,8 @@ class DaemonControl:
         self.stopping.set()
 
     def document(self) -> dict[str, Any]:
+        now = self._clock.now()
+        grants = self.grants
         return status_document(
             daemon={
                 "running": True,
@@ -144,12 +158,14 @@ class DaemonControl:
                 "pid": os.getpid(),
                 "listen": self.listen,
                 "started_at": format_timestamp(self.started_at),
-                "now": format_timestamp(self._clock.now()),
+                "now": format_timestamp(now),
                 "endpoint": self.load.describe(),
             },
             sessions=self._broker.session_statuses(),
             profiles=self._broker.profile_statuses(),
             unserved=self.settings.unserved,
+            grants=grants.grants.describe(now) if grants else [],
+            grants_problem=grants.problem if grants else None,
         )
 
     def status_line(self) -> str:
@@ -265,7 +281,8 @@ async def run_daemon(
     cache = sso_cache(settings)
     logins = login_cache(settings)
     iam_tokens = trusted_identity_cache(settings)
-    for files in (cache.files, logins.files, iam_tokens.files):
+    grants = grant_store(settings)
+    for files in (cache.files, logins.files, iam_tokens.files, grants.files):
         files.sweep_temporary()  # what a writer killed half-way left (kill -9, power loss)
     # one client per service for every profile's calls, closed when the daemon stops
     async with aws_clients(settings, keep_open=True) as clients, anyio.create_task_group() as tg:
@@ -275,6 +292,10 @@ async def run_daemon(
 
         watcher = CacheWatcher()
         await tg.start(watcher.run)
+        # the scoped tokens: read before the endpoint answers, re-read when the file changes
+        keeper = GrantsKeeper(grants, Grants())
+        watcher.watch(keeper.store.path.parent, keeper.on_change)
+        await tg.start(keeper.run)
         broker = make_broker(
             settings,
             clients=clients,
@@ -285,7 +306,7 @@ async def run_daemon(
             request_deadline=request_deadline,
             on_login_required=login_required,
         )
-        control = DaemonControl(settings, broker, notifier, clock)
+        control = DaemonControl(settings, broker, notifier, clock, keeper)
         control.apply(settings)
         await tg.start(broker.run)
         try:
@@ -295,6 +316,9 @@ async def run_daemon(
                 control.document,
                 reload=lambda: control.reload(lambda: load_settings(control.settings.paths)),
                 waiting=control.load.waiting,
+                grants=keeper.grants,
+                sync_grants=keeper.reload,
+                now=clock.now,
             )
             async with _serving(settings.server, endpoint, passed, control.load) as (host, port):
                 control.listen = f"{host}:{port}"
@@ -309,6 +333,7 @@ async def run_daemon(
                     token_file=str(settings.server.token_file),
                     profiles=len(settings.profiles),
                     sessions=len(settings.sessions),
+                    scoped_tokens=len(keeper.grants),
                     socket_activated=bool(passed),
                     event_loop=type(asyncio.get_running_loop()).__module__,
                 )

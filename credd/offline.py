@@ -3,7 +3,8 @@
 Nothing renews and nothing is fetched, so the document is the one the daemon
 serves at ``/v1/status`` (:func:`credd.endpoint.status.status_document`) with
 ``running: false``, the sessions read from the shared caches, no profiles, and
-what the configuration cannot serve. It reads files and calls no one.
+what the configuration cannot serve, and the scoped tokens on file. It reads
+files and calls no one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from credd.config.settings import (
     SsoSessionSpec,
     TrustedIdentitySpec,
 )
+from credd.endpoint.grants import GrantsError, GrantStore, describe
 from credd.endpoint.status import offline_sessions, status_document
 from credd.files.store import LoginCache, SsoCache
 from credd.sessions.iam_tokens import IamTokenCache
@@ -32,6 +34,7 @@ def offline_document(
     logins: LoginCache,
     iam_tokens: IamTokenCache,
     unserved: Mapping[str, str],
+    grants: GrantStore,
     now: datetime,
 ) -> dict[str, Any]:
     """The status document of a daemon that is not running, as of ``now``."""
@@ -43,9 +46,15 @@ def offline_document(
     ]
     identity_center = [s for s in specs if isinstance(s, SsoSessionSpec)]
     signin = [signin_status(s, logins, now) for s in specs if isinstance(s, SigninSessionSpec)]
+    try:
+        granted, problem = describe(grants.load(), now), None
+    except GrantsError as exc:
+        granted, problem = [], exc.message
     return status_document(
         daemon={"running": False},
         sessions=[*offline_sessions(identity_center, sso, now), *trusted, *signin],
         profiles=[],
         unserved=unserved,
+        grants=granted,
+        grants_problem=problem,
     )

@@ -32,6 +32,7 @@ from credd.config.settings import (
     SsoSessionSpec,
     TrustedIdentitySpec,
 )
+from credd.endpoint.grants import GrantStore
 from credd.errors import CreddError
 from credd.files.paths import Paths
 from credd.files.store import JsonCacheDir, LoginCache, SsoCache, atomic_write
@@ -148,6 +149,19 @@ def trusted_identity_cache(settings: Settings) -> IamTokenCache:
     return IamTokenCache(
         _cache_dir(settings.paths, settings.paths.trusted_identity_cache_dir, "tokens")
     )
+
+
+def grant_store(settings: Settings) -> GrantStore:
+    """The scoped tokens' file, ``$XDG_STATE_HOME/credd/grants.json``: it outlives a reboot,
+    as what ``credd env`` printed must; changed under ``grants.lock`` in the lock directory."""
+    paths = settings.paths
+    files = JsonCacheDir(paths.state_dir, paths.lock_dir, paths.state_dir / "unreadable")
+    return GrantStore(files, paths.lock_dir / "grants.lock")
+
+
+def env_token_dir(settings: Settings) -> Path:
+    """Where ``credd env`` and ``credd exec`` keep each profile's scoped token file."""
+    return settings.paths.runtime_dir / "env"
 
 
 def aws_clients(settings: Settings, *, keep_open: bool = False) -> AwsClients:
@@ -268,5 +282,6 @@ def offline_status(settings: Settings, now: datetime) -> dict[str, Any]:
         logins=login_cache(settings),
         iam_tokens=trusted_identity_cache(settings),
         unserved=settings.unserved,
+        grants=grant_store(settings),
         now=now,
     )

@@ -41,6 +41,7 @@ from tests.support.process import (
     log_paths,
     login,
     run,
+    runtime_dir,
     serving,
     status_json,
     token_file,
@@ -108,14 +109,18 @@ async def test_login_then_status_credential_process_and_env(world: World) -> Non
 
         result = await credd(world.env, "env", "dev")
         assert result.returncode == 0, str(result)
-        token = token_file(world.env)
+        # a token scoped to dev, as a file (0600, the token alone) and as its value
+        scoped_file = runtime_dir(world.env) / "env" / "dev"
+        assert is_owner_only(scoped_file)
+        scoped = scoped_file.read_text()
+        assert scoped != daemon.token
         assert result.stdout.splitlines() == [
             "unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY "
-            "AWS_SESSION_TOKEN AWS_CONTAINER_CREDENTIALS_RELATIVE_URI "
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            "AWS_SESSION_TOKEN AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
             "export AWS_CONTAINER_CREDENTIALS_FULL_URI="
             f"http://127.0.0.1:{daemon.port}/v1/credentials/dev",
-            f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={shlex.quote(str(token))}",
+            f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={shlex.quote(str(scoped_file))}",
+            f"export AWS_CONTAINER_AUTHORIZATION_TOKEN={shlex.quote(scoped)}",
             "export AWS_REGION=eu-west-1",
             "export AWS_DEFAULT_REGION=eu-west-1",
         ]
@@ -211,12 +216,18 @@ async def test_endpoint_token_file_and_no_secret_on_any_command_line(world: Worl
         ps = await run(["ps", "-eww", "-o", "pid=,args="], world.env)
         assert ps.returncode == 0, str(ps)
         assert f"{daemon.pid} " in ps.stdout
-        # SDKs get the token through the file: the child's environment names only the file
+        # SDKs get a token scoped to the profile, as a file and as its value (for SDKs
+        # that predate the file); never the admin token, which unlocks everything
         child = await credd(world.env, "exec", "dev", "--", "env")
         assert child.returncode == 0, str(child)
         variables = dict(line.split("=", 1) for line in child.stdout.splitlines() if "=" in line)
-        assert variables["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == str(path)
-        assert "AWS_CONTAINER_AUTHORIZATION_TOKEN" not in variables
+        scoped_file = runtime_dir(world.env) / "env" / "dev"
+        assert variables["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] == str(scoped_file)
+        assert is_owner_only(scoped_file)
+        scoped = variables["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+        assert scoped_file.read_text() == scoped
+        assert scoped.encode() not in cmdline
+        assert scoped not in ps.stdout
         for secret in secrets:
             assert secret.encode() not in cmdline
             assert secret not in ps.stdout

@@ -5,6 +5,17 @@ a request wait, and then for at most the broker's request deadline. Errors
 carry ``code``/``message`` and ``Code``/``Message`` (Java reads the first
 pair, JS the second: protocols.md 8.2, 8.3), malformed HTTP included.
 
+Two kinds of token (interface.md, "Tokens"): the admin token unlocks every
+route; a scoped token (:mod:`credd.endpoint.grants`) unlocks ``GET
+/v1/credentials/PROFILE`` for its one profile, and anything else it asks for
+is 403. The admin token is compared first, so the ``credd`` command's own
+requests cost what they did; a scoped token then costs one SHA-256 and one
+dictionary lookup.
+
+A connection is closed after a 401, a 403 or a ``/healthz`` answer (issue 11):
+those are what a client without a usable token gets, and kept alive they would
+hold slots of ``max_connections`` that an SDK with a token then cannot have.
+
 The endpoint sits on aiohttp's low-level server rather than on a
 ``web.Application``: six fixed routes need no router or middleware chain, and
 the credentials route is then the fewest steps aiohttp allows between the
@@ -20,7 +31,8 @@ import http
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import structlog
@@ -28,6 +40,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from credd.config.settings import DEFAULT_IDLE_CONNECTION, DEFAULT_MAX_WAITING_REQUESTS
+from credd.endpoint.grants import Grants
 from credd.endpoint.limits import RETRY_AFTER_SECONDS, WaitLimit
 from credd.engine.broker import Broker
 from credd.errors import (
@@ -54,11 +67,22 @@ MAX_FIELD_BYTES = 8190
 MAX_HEADERS = 128
 
 Route = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+R = TypeVar("R", bound=web.StreamResponse)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     body = {"code": code, "message": message, "Code": code, "Message": message}
     return web.Response(status=status, body=json.dumps(body), content_type=_JSON)
+
+
+def _closing(response: R) -> R:
+    """``response``, sent with ``Connection: close`` and the connection closed after it."""
+    response.force_close()
+    return response
+
+
+def _unauthorized() -> web.Response:
+    return _closing(error_response(401, "Unauthorized", "missing or wrong Authorization token"))
 
 
 def _json(document: Mapping[str, Any]) -> web.Response:
@@ -88,6 +112,10 @@ def _echo(name: str) -> str:
     return name if len(name) <= _MAX_ECHO else name[:_MAX_ECHO] + "..."
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _name(raw: str) -> str | None:
     """One path segment, percent-decoded; ``None`` unless it is exactly one non-empty segment."""
     if not raw or "/" in raw:
@@ -106,6 +134,9 @@ class Endpoint:
         *,
         reload: Callable[[], bool] | None = None,
         waiting: WaitLimit | None = None,
+        grants: Grants | None = None,
+        sync_grants: Callable[[], Awaitable[int]] | None = None,
+        now: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._broker = broker
         self._token = endpoint_token.encode()
@@ -113,37 +144,42 @@ class Endpoint:
         #: re-reads the configuration; ``True`` once the new one is in service
         self._reload = reload
         self.waiting = waiting or WaitLimit(DEFAULT_MAX_WAITING_REQUESTS)
+        #: the scoped tokens in force, and what re-reads them from their file
+        self._grants = grants if grants is not None else Grants()
+        self._sync_grants = sync_grants
+        self._now = now
         #: (method, path) of the routes without a name in them
         self._fixed: dict[str, tuple[str, Route]] = {
             "/healthz": ("GET", self._healthz),
             "/v1/status": ("GET", self._status),
             "/v1/reload": ("POST", self._reload_config),
+            "/v1/grants/sync": ("POST", self._reload_grants),
         }
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers
         host = headers.get("Host")
         if host is None:
-            return error_response(400, "BadRequest", "a Host header is required")
+            return _closing(error_response(400, "BadRequest", "a Host header is required"))
         if not _loopback_host(host):
-            return error_response(403, "Forbidden", "the Host header must name a loopback address")
+            return _closing(
+                error_response(403, "Forbidden", "the Host header must name a loopback address")
+            )
         if "Origin" in headers:
-            return error_response(403, "Forbidden", "requests from web pages are refused")
+            return _closing(error_response(403, "Forbidden", "requests from web pages are refused"))
         path = request.rel_url.raw_path
-        if path != "/healthz":
-            supplied = headers.get("Authorization", "")
-            if not hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), self._token):
-                return error_response(401, "Unauthorized", "missing or wrong Authorization token")
         try:
+            if path == "/healthz":
+                return _closing(await self._route(request, path))
+            supplied = headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(supplied, self._token):
+                return await self._scoped(request, path, supplied)
             if path.startswith(_CREDENTIALS):  # the hot path: no lookup before it
                 name = _name(path[len(_CREDENTIALS) :])
                 if name is not None:
                     if request.method != "GET":
                         return _not_allowed("GET")
-                    creds = self._broker.usable(name)
-                    if creds is None:
-                        return await self._fetch(name)
-                    return web.Response(body=creds.body, content_type=_JSON)
+                    return await self._credentials(name)
             return await self._route(request, path)
         except NotServed as exc:
             return error_response(404, "NotFound", str(exc))
@@ -162,6 +198,34 @@ class Endpoint:
             # no traceback: an exception's message may quote a token
             log.error("request_failed", path=_echo(request.path), error=failure.message)  # noqa: TRY400
             return error_response(500, failure.code, "credd failed to answer; see its log")
+
+    async def _scoped(
+        self, request: web.BaseRequest, path: str, supplied: bytes
+    ) -> web.StreamResponse:
+        """Not the admin token: a scoped token's one route, else 403; no live grant: 401."""
+        now = self._now()
+        grant = self._grants.check(supplied, now)
+        if grant is None:
+            return _unauthorized()
+        if (
+            request.method != "GET"
+            or not path.startswith(_CREDENTIALS)
+            or _name(path[len(_CREDENTIALS) :]) != grant.profile
+        ):
+            # names no profile: the holder learns nothing of what else is served
+            return _closing(
+                error_response(
+                    403, "Forbidden", "a scoped token fetches only its own profile's credentials"
+                )
+            )
+        self._grants.used(grant, now)
+        return await self._credentials(grant.profile)
+
+    async def _credentials(self, name: str) -> web.Response:
+        creds = self._broker.usable(name)
+        if creds is None:
+            return await self._fetch(name)
+        return web.Response(body=creds.body, content_type=_JSON)
 
     async def _route(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         method, route, name = self._resolve(path)
@@ -225,6 +289,13 @@ class Endpoint:
         """After ``credd login``/``logout`` in another process: re-read that session's cache."""
         state = self._broker.sync_session(name)
         return _json({"name": state.name, "state": state.state})
+
+    async def _reload_grants(self, _request: web.BaseRequest, _name: str) -> web.Response:
+        """After ``credd grant``/``revoke``/``env``/``exec`` wrote the grants file: re-read it,
+        so that the change is in force when the command returns."""
+        if self._sync_grants is None:
+            raise CreddError("this endpoint keeps no scoped tokens")
+        return _json({"grants": await self._sync_grants()})
 
     async def _reload_config(self, _request: web.BaseRequest, _name: str) -> web.Response:
         """After ``credd login --signin`` wrote a profile: re-read both configurations."""

@@ -1,7 +1,7 @@
 """The status document: what ``credd status --json`` and ``GET /v1/status`` say.
 
-Built from the broker's and sessions' status records, and rendered as a
-table for people. Reveals no secret.
+Built from the broker's and sessions' status records and the scoped tokens
+(never their values), and rendered as a table for people. Reveals no secret.
 """
 
 from __future__ import annotations
@@ -30,13 +30,21 @@ def status_document(
     sessions: Iterable[SessionStatus],
     profiles: Iterable[ProfileStatus],
     unserved: Mapping[str, str],
+    grants: Iterable[Mapping[str, Any]] = (),
+    grants_problem: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``grants``: each live scoped token as :func:`credd.endpoint.grants.describe` gives it;
+    ``grants_problem``: why the grants file could not be read, if it could not."""
+    document: dict[str, Any] = {
         "daemon": dict(daemon),
         "sessions": [_jsonable(asdict(s)) for s in sorted(sessions, key=lambda s: s.name)],
         "profiles": [_jsonable(asdict(p)) for p in sorted(profiles, key=lambda p: p.name)],
         "unserved": [{"name": n, "reason": r} for n, r in sorted(unserved.items())],
+        "grants": [dict(g) for g in grants],
     }
+    if grants_problem is not None:
+        document["grants_problem"] = grants_problem
+    return document
 
 
 def offline_sessions(
@@ -135,4 +143,23 @@ def render_status(document: Mapping[str, Any]) -> str:
     if unserved:
         lines += ["", "NOT SERVED"]
         lines += _table([["NAME", "REASON"]] + [[u["name"], u["reason"]] for u in unserved])
+    grants = document.get("grants", [])
+    if grants:
+        lines += ["", "SCOPED TOKENS"]
+        rows = [["ID", "PROFILE", "PURPOSE", "CREATED", "EXPIRES", "LAST USED"]]
+        for g in grants:
+            rows.append(
+                [
+                    g["id"],
+                    g["profile"],
+                    g["purpose"],
+                    _when(g.get("created")),
+                    _when(g.get("expires")) if g.get("expires") else "never",
+                    _when(g.get("last_used")),
+                ]
+            )
+        lines += _table(rows)
+    problem = document.get("grants_problem")
+    if problem:
+        lines += ["", f"scoped tokens: {problem}"]
     return "\n".join(lines)

@@ -12,6 +12,8 @@
   serve``, and what they leave behind.
 - :mod:`tests.support.logs`: capturing what credd logs, as ``credd serve`` renders it.
 - :mod:`tests.support.raw_http`: one HTTP exchange over a raw socket, strictly parsed.
+- :mod:`tests.support.shells`: a command in the environment ``eval "$(credd env ...)"``
+  leaves in a shell, and what those lines export.
 - :mod:`tests.support.signin`: AWS Sign-In as the AWS CLI and a user do it (DPoP proofs,
   the browser step, the code exchange) and ``credd login --signin`` in process.
 - :mod:`tests.support.systemd`: systemd tools and unit-file reading.

@@ -178,14 +178,18 @@ class Daemon:
         raise AssertionError(f"credd serve ignored {sig.name} for {STOP_DEADLINE} s")
 
 
-async def _ready(process: Process, env: Mapping[str, str]) -> tuple[str, int, str] | None:
-    """(host, port, token) once *this* process answers on the address in the file.
+async def _ready(
+    process: Process, env: Mapping[str, str], listen: str | None = None
+) -> tuple[str, int, str] | None:
+    """(host, port, token) once *this* process answers on the address in the file
+    (or on ``listen``, a fixed port's, for which no file is written).
 
     The pid check matters after a ``kill -9``: the old daemon's address file is
     still there, naming a port nobody listens on (or somebody else does).
     """
     try:
-        host, _, port = address_file(env).read_text(encoding="ascii").strip().rpartition(":")
+        address = listen or address_file(env).read_text(encoding="ascii").strip()
+        host, _, port = address.rpartition(":")
         token = token_file(env).read_text(encoding="ascii")
     except OSError:
         return None
@@ -206,9 +210,12 @@ def log_paths(logs: Path, name: str) -> tuple[Path, Path]:
 
 @asynccontextmanager
 async def serving(
-    env: Mapping[str, str], logs: Path, *args: str, name: str = "serve"
+    env: Mapping[str, str], logs: Path, *args: str, name: str = "serve", listen: str | None = None
 ) -> AsyncIterator[Daemon]:
-    """``credd ARGS... serve`` until the block ends; SIGTERM (then SIGKILL) in any case."""
+    """``credd ARGS... serve`` until the block ends; SIGTERM (then SIGKILL) in any case.
+
+    ``listen``: the fixed ``HOST:PORT`` the config names (the default is port 0).
+    """
     stdout_path, stderr_path = log_paths(logs, name)
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = await anyio.open_process(
@@ -218,7 +225,7 @@ async def serving(
         ready = None
         with anyio.move_on_after(READY_DEADLINE):
             while ready is None and process.returncode is None:
-                ready = await _ready(process, env)
+                ready = await _ready(process, env, listen)
                 if ready is None:
                     await anyio.sleep(POLL)
         if ready is None:

@@ -67,9 +67,12 @@ class World:
 
     # ------------------------------------------------------------------ the real credd
 
-    def serving(self, *args: str, name: str = "serve") -> AbstractAsyncContextManager[Daemon]:
-        """``credd ARGS... serve`` as a subprocess until the block ends."""
-        return serving(self.env, self.logs, *args, name=name)
+    def serving(
+        self, *args: str, name: str = "serve", listen: str | None = None
+    ) -> AbstractAsyncContextManager[Daemon]:
+        """``credd ARGS... serve`` as a subprocess until the block ends (``listen``: the
+        config's fixed ``HOST:PORT``, if it names one)."""
+        return serving(self.env, self.logs, *args, name=name, listen=listen)
 
     async def login(self) -> None:
         """``credd login my-sso`` in this process; ``$BROWSER`` (the headless shim) approves."""
