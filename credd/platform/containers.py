@@ -221,7 +221,9 @@ def links(env: Mapping[str, str]) -> dict[str, Link]:
         addresses = tuple(
             f"{address['local']}/{address['prefixlen']}"
             for address in entry.get("addr_info") or []
-            if isinstance(address, dict) and address.get("family") == "inet"
+            if isinstance(address, dict)
+            and address.get("family") == "inet"
+            and {"local", "prefixlen"} <= address.keys()
         )
         found[entry["ifname"]] = Link(
             name=entry["ifname"],
@@ -594,10 +596,10 @@ def port80_arranged(
     Found on ``listen_port``: arranged; found on port 80 or refused: not.
 
     When nothing listens on ``listen_port`` (credd not running), the probe
-    listens there itself for the moment it takes; so a daemon binding at that
-    very moment is refused once, and binds at its next look. False when
-    ``address`` is on no interface. Blocks for up to ``timeout`` (the daemon
-    calls it in a worker thread).
+    listens there itself for the millisecond it takes: a daemon that binds in
+    that very millisecond is refused (``EADDRINUSE``) that once. False when
+    ``address`` is on no interface. Blocks for up to ``timeout`` (in the
+    daemon: a worker thread), though the answer takes a millisecond.
     """
     deadline = time.monotonic() + timeout
     own = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -613,9 +615,9 @@ def port80_arranged(
             with socket.create_connection((address, RELATIVE_URI_PORT), timeout=timeout) as client:
                 here = client.getsockname()
                 while True:
-                    port = _accepted_on(address, (here[0], here[1]))
-                    if port is not None or time.monotonic() >= deadline:
-                        return port == listen_port
+                    other_end = _other_end((here[0], here[1]))
+                    if other_end is not None or time.monotonic() >= deadline:
+                        return other_end == (address, listen_port)
                     time.sleep(_PROBE_INTERVAL_SECONDS)
         except OSError:
             return False  # refused (no rule, nothing on port 80) or timed out
@@ -623,11 +625,15 @@ def port80_arranged(
         own.close()
 
 
-def _accepted_on(address: str, peer: tuple[str, int]) -> int | None:
-    """The local port on ``address`` of the TCP socket whose peer is ``peer``, if any yet."""
+def _other_end(peer: tuple[str, int]) -> tuple[str, int] | None:
+    """Where the connection from ``peer`` arrived (its local address), if it is there yet.
+
+    The kernel makes that socket when the SYN arrives, before the client's
+    ``connect`` returns, so it is there at the first look but under a SYN flood.
+    """
     for local, remote in _tcp_sockets():
-        if remote == peer and local[0] == address:
-            return local[1]
+        if remote == peer:
+            return local
     return None
 
 
@@ -688,7 +694,8 @@ def plan_setup(
         redirect, kept = _redirect_steps(target, listen_port, env, backend=chosen, as_root=root)
         steps += redirect
         notes += kept
-        summary += f"; port {RELATIVE_URI_PORT} sent to {listen_port} ({chosen})"
+        tool = "nftables" if chosen == "nft" else chosen
+        summary += f"; port {RELATIVE_URI_PORT} sent to {listen_port} ({tool})"
     return Plan(tuple(steps), summary, tuple(notes), unavailable, redirects=chosen is not None)
 
 
@@ -749,9 +756,10 @@ def setup(
     )
     after = [f"note: {note}" for note in plan.notes]
     if plan.redirects:
+        when = "" if as_root or plan.done else "once this is done, "
         after.append(
-            f"containers on it may use AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (port "
-            f"{RELATIVE_URI_PORT}) as well as AWS_CONTAINER_CREDENTIALS_FULL_URI"
+            f"{when}containers may also use AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, which "
+            f"means port {RELATIVE_URI_PORT} (credd container env PROFILE --relative)"
         )
     if plan.done:
         lines = [f"already set up: {plan.summary}; nothing changed"]
