@@ -502,6 +502,8 @@ async def test_unauthenticated_keep_alives_no_longer_fill_the_connection_limit(
         expected = {"healthz": 200, "foreign Host": 403, "scoped, other profile": 403}.get(
             kind, 401
         )
+        # the grant's own requests are over: every slot is free for the test's
+        await eventually(lambda: open_connections(daemon) == 0, what="every slot free")
         answers = await asyncio.gather(
             *(closed_after_answer(daemon, request) for _ in range(MAX_CONNECTIONS))
         )
@@ -520,6 +522,7 @@ async def test_unauthenticated_keep_alives_no_longer_fill_the_connection_limit(
 async def test_a_served_token_keeps_its_connection_alive(world: World) -> None:
     async with serving(world) as daemon:
         scoped = await granted(daemon, world)
+        await eventually(lambda: open_connections(daemon) == 0, what="every slot free")
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
         try:
             for token in (scoped, daemon.token, scoped):
