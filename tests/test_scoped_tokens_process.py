@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import stat
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.support.process import (
     Daemon,
     Result,
     credd,
+    free_port,
     login,
     status_json,
     token_file,
@@ -85,13 +85,6 @@ def owner_only_text(path: Path) -> str:
     assert stat.S_IMODE(path.lstat().st_mode) == 0o600
     assert stat.S_ISREG(path.lstat().st_mode)
     return path.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- credd env

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -98,6 +99,14 @@ async def status_json(env: Mapping[str, str]) -> dict[str, Any]:
     assert result.returncode == 0, str(result)
     doc: dict[str, Any] = json.loads(result.stdout)
     return doc
+
+
+def free_port() -> int:
+    """A loopback port free now, for a config that names a fixed ``listen`` port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def runtime_dir(env: Mapping[str, str]) -> Path:
