@@ -135,6 +135,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     token = add("token", "print the bearer access token of a trusted-identity session")
     token.add_argument("name", metavar="NAME")
+    container = add("container", "credentials for containers: the listener's setup, their env")
+    container_commands = container.add_subparsers(
+        dest="container_command", required=True, metavar="COMMAND"
+    )
+    text = "print Docker --env-file lines: a container's own scoped token for PROFILE"
+    container_env = container_commands.add_parser(
+        "env", parents=[common], help=text, description=text
+    )
+    container_env.add_argument("profile", metavar="PROFILE")
+    container_env.add_argument(
+        "--ttl", type=_seconds, metavar="SECONDS", help="the token expires this long from now"
+    )
+    container_env.add_argument(
+        "--relative",
+        action="store_true",
+        help="AWS_CONTAINER_CREDENTIALS_RELATIVE_URI for SDKs that know only it (needs port 80)",
+    )
     service = add("service", "the systemd user units: install, uninstall, status")
     service.add_argument("action", choices=("install", "uninstall", "status"))
     return parser
@@ -252,6 +269,9 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
         _populate(settings, args, debug)
     elif command == "console":
         _console(settings, args, debug)
+    elif command == "container" and args.container_command == "env":
+        for line in _container_env(settings, args.profile, args.ttl, relative=args.relative):
+            print(line)
     elif command == "token":
         from credd.endpoint import client
 
@@ -716,6 +736,40 @@ def _revoke(
         if token is not None:
             raise CreddError("no live scoped token has that value or id", hint="see credd status")
         print("no live scoped tokens to revoke" + (f" for {profile}" if profile else ""))
+
+
+def _container_env(
+    settings: Settings, profile: str, ttl: float | None, *, relative: bool
+) -> list[str]:
+    """``credd container env``: a new container token for ``profile``, as env-file lines."""
+    from credd import wiring
+    from credd.clock import SystemClock
+    from credd.endpoint import container_env
+
+    containers = settings.containers
+    if containers.listen is None:
+        raise ConfigError(
+            f"no container listener: [containers] listen is not set in "
+            f"{settings.paths.credd_config_file}",
+            hint='set listen = "169.254.170.2:9912" there, run credd container setup, '
+            "and restart credd",
+        )
+    _served(settings, profile)
+    if relative:
+        problem = container_env.port_80_problem(containers)
+        if problem is not None:
+            raise CreddError(
+                f"--relative cannot work here: {problem}",
+                hint="without --relative, AWS_CONTAINER_CREDENTIALS_FULL_URI needs no port 80",
+            )
+    _, token = wiring.grant_store(settings).issue(
+        profile, now=SystemClock().now(), purpose="container", ttl_seconds=ttl
+    )
+    _sync_grants(settings)
+    values = container_env.container_variables(
+        containers, profile, token, settings.region_of(profile), relative=relative
+    )
+    return container_env.env_file_lines(values)
 
 
 def _sync_grants(settings: Settings) -> None:

@@ -1,9 +1,9 @@
 """The composition root: settings in, a running daemon out.
 
 Builds the caches, the AWS clients, one session per sign-in, the broker, the
-scoped tokens (kept in step with their file) and the HTTP endpoint, all inside
-one task group. Readiness is explicit:
-:func:`run_daemon` reports its :class:`DaemonHandle` through ``task_status``,
+scoped tokens (kept in step with their file), the HTTP endpoint and the
+container listener (``[containers] listen``), all inside one task group.
+Readiness is explicit: :func:`run_daemon` reports its :class:`DaemonHandle` through ``task_status``,
 and tells systemd ``READY=1``, once the caches are read and the endpoint is
 bound. A reload (SIGHUP) swaps the configuration without dropping what stays;
 a stop first drains in-flight requests, then cancels the rest, its cleanup
@@ -42,6 +42,7 @@ from credd.config.settings import (
     SigninSessionSpec,
     TrustedIdentitySpec,
 )
+from credd.endpoint.containers import ContainerListener
 from credd.endpoint.grants import Grants, GrantsKeeper
 from credd.endpoint.limits import EndpointLoad
 from credd.endpoint.server import Endpoint, make_server
@@ -114,6 +115,8 @@ class DaemonControl:
         self._clock = clock
         self.started_at = clock.now()
         self.listen: str | None = None
+        #: the container listener, when ``[containers] listen`` names one
+        self.containers: ContainerListener | None = None
         self.load = EndpointLoad(settings.server)
         self.stopping = anyio.Event()
         self._status_published = ""
@@ -135,6 +138,11 @@ class DaemonControl:
             if settings.server != self.settings.server:
                 log.warning("reload_server_unchanged", reason="[server] changes need a restart")
                 settings = dataclasses.replace(settings, server=self.settings.server)
+            if settings.containers != self.settings.containers:
+                log.warning(
+                    "reload_containers_unchanged", reason="[containers] changes need a restart"
+                )
+                settings = dataclasses.replace(settings, containers=self.settings.containers)
             self.apply(settings)
         except CreddError as exc:
             # one clear line, no traceback: the error names the file, line and key
@@ -166,6 +174,7 @@ class DaemonControl:
             unserved=self.settings.unserved,
             grants=grants.grants.describe(now) if grants else [],
             grants_problem=grants.problem if grants else None,
+            containers=self.containers.describe() if self.containers else None,
         )
 
     def status_line(self) -> str:
@@ -322,6 +331,18 @@ async def run_daemon(
             )
             async with _serving(settings.server, endpoint, passed, control.load) as (host, port):
                 control.listen = f"{host}:{port}"
+                if settings.containers.host is not None:
+                    # bound now if its address exists, else as soon as it appears
+                    control.containers = ContainerListener(
+                        settings.containers,
+                        broker=broker,
+                        admin_token=token,
+                        grants=keeper.grants,
+                        waiting=control.load.waiting,
+                        server=settings.server,
+                        now=clock.now,
+                    )
+                    await tg.start(control.containers.run)
                 handle = DaemonHandle(host, port, token, broker, control)
                 if watchdog is not None:
                     tg.start_soon(run_watchdog, notifier, watchdog)

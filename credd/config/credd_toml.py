@@ -1,4 +1,5 @@
-"""credd's own TOML config: ``[server]``, ``[refresh]``, ``[log]`` and ``[profiles.NAME]``.
+"""credd's own TOML config: ``[server]``, ``[containers]``, ``[refresh]``, ``[log]`` and
+``[profiles.NAME]``.
 
 Named so as not to shadow the standard library's ``tomllib``. Every value is
 type-checked here; a malformed file raises :class:`ConfigError` naming the
@@ -34,6 +35,7 @@ from credd.config.settings import (
     JWT_BEARER_GRANT,
     MAX_SECONDS,
     TOKEN_EXCHANGE_GRANT,
+    ContainersSettings,
     IdentityEnhancedProfile,
     LogSettings,
     RefreshSettings,
@@ -156,6 +158,56 @@ def _parse_listen(reader: TomlReader) -> tuple[str, int]:
             "loopback (127.0.0.1 or ::1)",
         )
     return ("127.0.0.1" if host == "localhost" else host), int(port_text)
+
+
+def _parse_container_listen(reader: TomlReader, server: tuple[str, int]) -> ContainersSettings:
+    """``[containers] listen``: a link-local or loopback ``HOST:PORT``, or unset.
+
+    Containers reach it over a bridge, and SDKs take plain HTTP only from loopback and
+    the link-local agent addresses (protocols.md 8.2); any other address would put
+    credentials on a network that more than this machine's containers can reach.
+    """
+    listen: str | None = reader.get("listen", str)
+    if listen is None:
+        return ContainersSettings()
+    host, sep, port_text = listen.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (
+        not sep
+        or not host
+        or (":" in host and not bracketed)
+        or not WHOLE_NUMBER.match(port_text)
+        or not 1 <= int(port_text) <= 65535
+    ):
+        raise reader.error(
+            "listen",
+            f'expected HOST:PORT with a port from 1 to 65535, such as "169.254.170.2:9912", '
+            f"found {listen!r}",
+        )
+    port = int(port_text)
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise reader.error(
+            "listen", f"{host!r} is not an IP address (a name is not accepted here)"
+        ) from None
+    if not (address.is_link_local or address.is_loopback):
+        raise reader.error(
+            "listen",
+            f"{host} is neither link-local (169.254.0.0/16, fe80::/10) nor loopback; credd "
+            "serves containers only there (169.254.170.2 is the address SDKs expect)",
+        )
+    zoneless = isinstance(address, ipaddress.IPv6Address) and not address.scope_id
+    if zoneless and address.is_link_local:
+        raise reader.error(
+            "listen", f"a fe80::/10 address needs its interface, such as [{host}%credd0]:{port}"
+        )
+    if (str(address), port) == server:
+        raise reader.error("listen", "is the same address and port as [server] listen")
+    return ContainersSettings(str(address), port)
 
 
 @dataclass(frozen=True)
@@ -312,6 +364,7 @@ def _identity_enhanced(
 @dataclass(frozen=True)
 class CreddToml:
     server: ServerSettings
+    containers: ContainersSettings
     refresh: RefreshSettings
     log: LogSettings
     #: the ``[profiles.NAME]`` tables, by name
@@ -342,6 +395,10 @@ def read_credd_toml(paths: Paths) -> CreddToml:
     if idle_connection <= 0:
         raise server.error("idle_connection_seconds", "must be more than 0")
     server.reject_unknown()
+
+    containers = TomlReader(path, text, ("containers",), top.get("containers", dict, {}))
+    containers_settings = _parse_container_listen(containers, (host, port))
+    containers.reject_unknown()
 
     refresh = TomlReader(path, text, ("refresh",), top.get("refresh", dict, {}))
     refresh_settings = RefreshSettings(
@@ -384,6 +441,7 @@ def read_credd_toml(paths: Paths) -> CreddToml:
             max_waiting_requests=max_waiting,
             idle_connection_seconds=idle_connection,
         ),
+        containers=containers_settings,
         refresh=refresh_settings,
         log=LogSettings(level=level, format=fmt),
         trusted=trusted,

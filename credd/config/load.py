@@ -74,6 +74,7 @@ def load_settings(paths: Paths) -> Settings:
     return Settings(
         paths=paths,
         server=credd.server,
+        containers=credd.containers,
         refresh=credd.refresh,
         log=credd.log,
         sessions={**builder.sessions, **builder.signin, **builder.trusted},

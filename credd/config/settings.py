@@ -253,6 +253,25 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class ContainersSettings:
+    """``[containers]``: the container listener (interface.md, "Containers").
+
+    ``host`` is a link-local or loopback address (the reader refuses any other);
+    ``None`` means no container listener at all.
+    """
+
+    host: str | None = None
+    port: int = 0
+
+    @property
+    def listen(self) -> str | None:
+        """``HOST:PORT`` as configured (IPv6 in brackets), or ``None`` when unset."""
+        if self.host is None:
+            return None
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class RefreshSettings:
     token_margin_seconds: float = DEFAULT_TOKEN_MARGIN
     credentials_margin_seconds: float = DEFAULT_CREDENTIALS_MARGIN
@@ -282,6 +301,7 @@ class Settings:
     sources: Mapping[str, SigningSource]
     #: profiles credd cannot serve, with the reason
     unserved: Mapping[str, str]
+    containers: ContainersSettings = ContainersSettings()
 
     def region_of(self, profile: str) -> str | None:
         served = self.profiles.get(profile)

@@ -12,6 +12,13 @@ is 403. The admin token is compared first, so the ``credd`` command's own
 requests cost what they did; a scoped token then costs one SHA-256 and one
 dictionary lookup.
 
+The same handler serves the container listener (:mod:`credd.endpoint.containers`),
+built with ``container_hosts``: there the ``Host`` must name the listener's own
+address, the admin token is refused (403: a container must never hold it), a
+scoped token fetches its profile as here, and ``GET /v2/credentials/<id>`` serves
+the grant whose token is ``<id>`` without any header, for SDKs that know only
+``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (ECS's unguessable path, issue 12).
+
 A connection is closed after a 401, a 403 or a ``/healthz`` answer (issue 11):
 those are what a client without a usable token gets, and kept alive they would
 hold slots of ``max_connections`` that an SDK with a token then cannot have.
@@ -40,6 +47,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from credd.config.settings import DEFAULT_IDLE_CONNECTION, DEFAULT_MAX_WAITING_REQUESTS
+from credd.endpoint.container_env import CAPABILITY_PATH
 from credd.endpoint.grants import Grants
 from credd.endpoint.limits import RETRY_AFTER_SECONDS, WaitLimit
 from credd.engine.broker import Broker
@@ -137,6 +145,7 @@ class Endpoint:
         grants: Grants | None = None,
         sync_grants: Callable[[], Awaitable[int]] | None = None,
         now: Callable[[], datetime] = _utc_now,
+        container_hosts: frozenset[str] | None = None,
     ) -> None:
         self._broker = broker
         self._token = endpoint_token.encode()
@@ -148,6 +157,17 @@ class Endpoint:
         self._grants = grants if grants is not None else Grants()
         self._sync_grants = sync_grants
         self._now = now
+        #: the container listener's: the ``Host`` values it accepts (lower case); ``None``:
+        #: the loopback endpoint, which accepts any loopback name or address
+        self._container_hosts = container_hosts
+        self._host_allowed: Callable[[str], bool] = (
+            _loopback_host if container_hosts is None else container_hosts.__contains__
+        )
+        self._host_rule = (
+            "the Host header must name a loopback address"
+            if container_hosts is None
+            else "the Host header must name the container listener's address"
+        )
         #: (method, path) of the routes without a name in them
         self._fixed: dict[str, tuple[str, Route]] = {
             "/healthz": ("GET", self._healthz),
@@ -161,16 +181,16 @@ class Endpoint:
         host = headers.get("Host")
         if host is None:
             return _closing(error_response(400, "BadRequest", "a Host header is required"))
-        if not _loopback_host(host):
-            return _closing(
-                error_response(403, "Forbidden", "the Host header must name a loopback address")
-            )
+        if not self._host_allowed(host if self._container_hosts is None else host.lower()):
+            return _closing(error_response(403, "Forbidden", self._host_rule))
         if "Origin" in headers:
             return _closing(error_response(403, "Forbidden", "requests from web pages are refused"))
         path = request.rel_url.raw_path
         try:
             if path == "/healthz":
                 return _closing(await self._route(request, path))
+            if self._container_hosts is not None:
+                return await self._container(request, path)
             supplied = headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(supplied, self._token):
                 return await self._scoped(request, path, supplied)
@@ -218,6 +238,43 @@ class Endpoint:
                     403, "Forbidden", "a scoped token fetches only its own profile's credentials"
                 )
             )
+        self._grants.used(grant, now)
+        return await self._credentials(grant.profile)
+
+    async def _container(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        """The container listener: a capability path, or a scoped token's one route."""
+        if path.startswith(CAPABILITY_PATH):
+            return await self._capability(request, path[len(CAPABILITY_PATH) :])
+        supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(supplied, self._token):
+            return _closing(
+                error_response(
+                    403,
+                    "Forbidden",
+                    "the admin token is refused on the container listener; "
+                    "give a container a scoped token: credd container env PROFILE",
+                )
+            )
+        return await self._scoped(request, path, supplied)
+
+    async def _capability(self, request: web.BaseRequest, given: str) -> web.StreamResponse:
+        """``/v2/credentials/<id>``: the path is the secret, as ECS's is; only a container
+        grant's token opens it, and it is never echoed."""
+        now = self._now()
+        grant = None
+        if given and "/" not in given:
+            grant = self._grants.check(given.encode("utf-8", "surrogateescape"), now)
+        if grant is None or grant.purpose != "container":
+            return _closing(
+                error_response(
+                    404,
+                    "NotFound",
+                    "no credentials at this path: revoked, expired, or never issued "
+                    "(credd container env PROFILE --relative issues one)",
+                )
+            )
+        if request.method != "GET":
+            return _not_allowed("GET")
         self._grants.used(grant, now)
         return await self._credentials(grant.profile)
 

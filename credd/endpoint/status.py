@@ -32,15 +32,18 @@ def status_document(
     unserved: Mapping[str, str],
     grants: Iterable[Mapping[str, Any]] = (),
     grants_problem: str | None = None,
+    containers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``grants``: each live scoped token as :func:`credd.endpoint.grants.describe` gives it;
-    ``grants_problem``: why the grants file could not be read, if it could not."""
+    ``grants_problem``: why the grants file could not be read, if it could not;
+    ``containers``: the container listener's state, when one is configured."""
     document: dict[str, Any] = {
         "daemon": dict(daemon),
         "sessions": [_jsonable(asdict(s)) for s in sorted(sessions, key=lambda s: s.name)],
         "profiles": [_jsonable(asdict(p)) for p in sorted(profiles, key=lambda p: p.name)],
         "unserved": [{"name": n, "reason": r} for n, r in sorted(unserved.items())],
         "grants": [dict(g) for g in grants],
+        "containers": dict(containers) if containers is not None else None,
     }
     if grants_problem is not None:
         document["grants_problem"] = grants_problem
@@ -109,12 +112,32 @@ def _downscoped(details: object) -> str | None:
     return f"asked for scopes {asked}, granted {granted}"
 
 
+def _containers_line(listener: Mapping[str, Any]) -> str:
+    """The container listener in one line: bound or waiting, since when, and why."""
+    listen, state, since = listener.get("listen"), listener.get("state"), listener.get("since")
+    if state == "bound":
+        line = f"containers: listening on {listen} since {_when(since)}"
+    elif state == "waiting":
+        line = f"containers: waiting for {listen} since {_when(since)}"
+    else:
+        line = f"containers: {listen} ({state})"
+    notes = [listener.get("last_error"), listener.get("action")]
+    watch = listener.get("watch")
+    if watch and watch != "netlink":
+        notes.append(watch)
+    extra = "; ".join(str(n) for n in notes if n)
+    return f"{line}: {extra}" if extra else line
+
+
 def render_status(document: Mapping[str, Any]) -> str:
     """A readable table: sessions, then profiles, then what is not served and why."""
     lines: list[str] = []
     daemon = document.get("daemon", {})
     running = daemon.get("running")
     lines.append(f"daemon: running on {daemon.get('listen')}" if running else "daemon: not running")
+    containers = document.get("containers")
+    if containers:
+        lines.append(_containers_line(containers))
     sessions = document.get("sessions", [])
     if sessions:
         lines += ["", "SESSIONS"]
