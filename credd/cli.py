@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="AWS_CONTAINER_CREDENTIALS_RELATIVE_URI for SDKs that know only it (needs port 80)",
     )
+    text = "make 169.254.170.2 for the container listener, and port 80 on it (as root)"
+    container_setup = container_commands.add_parser(
+        "setup", parents=[common], help=text, description=text
+    )
+    container_setup.add_argument(
+        "--docker", action="store_true", help="a Docker network credd instead of a bridge credd0"
+    )
     service = add("service", "the systemd user units: install, uninstall, status")
     service.add_argument("action", choices=("install", "uninstall", "status"))
     return parser
@@ -272,6 +279,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> None:
     elif command == "container" and args.container_command == "env":
         for line in _container_env(settings, args.profile, args.ttl, relative=args.relative):
             print(line)
+    elif command == "container" and args.container_command == "setup":
+        _container_setup(settings, docker=args.docker)
     elif command == "token":
         from credd.endpoint import client
 
@@ -770,6 +779,38 @@ def _container_env(
         containers, profile, token, settings.region_of(profile), relative=relative
     )
     return container_env.env_file_lines(values)
+
+
+def _container_setup(settings: Settings, *, docker: bool) -> None:
+    """``credd container setup``: root makes the listener's address and port 80; a user is
+    shown how (see :mod:`credd.platform.containers`)."""
+    from credd.platform import containers
+    from credd.platform.service import credd_command
+
+    listen = settings.containers
+    config = settings.paths.credd_config_file
+    port = listen.port if listen.host is not None else containers.DEFAULT_LISTEN_PORT
+    if listen.host is None:
+        print(
+            f"credd: [containers] listen is not set in {config}, so credd serves no containers "
+            f'yet: add listen = "{containers.CONTAINER_ADDRESS}:{port}" there (port 80 is sent '
+            f"to {port}, its default port)",
+            file=sys.stderr,
+        )
+    elif listen.host != containers.CONTAINER_ADDRESS:
+        print(
+            f"credd: warning: [containers] listen is {listen.listen}, but containers reach "
+            f"credd on {containers.CONTAINER_ADDRESS}, which this setup makes",
+            file=sys.stderr,
+        )
+    report = containers.setup(docker, listen_port=port, env=os.environ)
+    for line in report.lines:
+        print(line)
+    if report.needs_root:
+        # root reads its own config, not this one: name it, so that the port is the same
+        pinned = ["--config", str(config.absolute())] if config.exists() else []
+        rerun = [*credd_command(), *pinned, "container", "setup", *(["--docker"] if docker else [])]
+        print(f"or have credd do it: sudo {shlex.join(rerun)}")
 
 
 def _sync_grants(settings: Settings) -> None:
