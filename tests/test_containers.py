@@ -427,8 +427,8 @@ async def test_capability_paths_serve_container_grants_only_and_never_echo_the_p
         _, held = await answer(f"{daemon.url}/v1/credentials/dev", token=daemon.token)
         assert creds["AccessKeyId"] == held["AccessKeyId"]
 
-        env_token = (await ok(await credd(world.env, "grant", "dev"))).strip()
-        for given in (env_token, daemon.token, "credd_" + "A" * 43, "", f"{token}/x"):
+        granted = (await ok(await credd(world.env, "grant", "dev"))).strip()
+        for given in (granted, daemon.token, "credd_" + "A" * 43, "", f"{token}/x"):
             status, body = await answer(f"{base}/v2/credentials/{given}")
             assert (status, body["Code"]) == (404, "NotFound"), given
             if given:
