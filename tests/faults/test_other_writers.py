@@ -11,8 +11,6 @@ test's clock (:mod:`tests.support.faketime`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,10 @@ from typing import Any
 import anyio
 import pytest
 
-from credd.config.load import load_settings
-from credd.files.paths import resolve_paths
-from credd.files.store import parse_timestamp, sha1_name
+from credd.files.store import parse_timestamp
 from credd.testing.emulator import Emulator
 from credd.testing.emulator.state import SsoSession
 from tests.support.faketime import PLANNER_LAG, FrozenWorld
-from tests.support.home import Home
-from tests.support.inprocess import login
 from tests.support.observe import (
     ask,
     events,
@@ -37,6 +31,7 @@ from tests.support.observe import (
     session_status,
     session_when,
 )
+from tests.support.other_writers import login_elsewhere, write_in_place, write_like_botocore
 from tests.support.process import status_json
 from tests.support.waiting import eventually
 from tests.support.world import World
@@ -74,41 +69,6 @@ def refreshed_with(session: SsoSession) -> str:
 def cached(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_bytes())
     return data
-
-
-def write_like_botocore(path: Path, data: bytes) -> None:
-    """botocore's ``JSONFileCache.__setitem__`` (protocols.md 6): a ``mkstemp`` file beside
-    the target, fsync, ``os.replace``. No lock: botocore takes none."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-
-
-def write_in_place(path: Path, data: bytes, times: os.stat_result) -> None:
-    """As the JS SDK and older botocore write: the same inode truncated and rewritten; then
-    the old times put back, as ``touch -d`` would."""
-    with path.open("wb") as file:
-        file.write(data)
-    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
-
-
-async def login_elsewhere(world: World, tmp_path: Path) -> bytes:
-    """``my-sso`` logged in anew by another program, now: the cache file it wrote, as bytes.
-
-    Another HOME, so that nothing reaches this world's cache before the test puts it there.
-    """
-    other = Home(root=tmp_path / "elsewhere", runtime=tmp_path / "elsewhere-run")
-    other.root.mkdir()
-    other.runtime.mkdir(mode=0o700)
-    other.write_aws_config()
-    paths = resolve_paths(
-        {**world.env, "HOME": str(other.root), "XDG_RUNTIME_DIR": str(other.runtime)}
-    )
-    await login(load_settings(paths), world.clock)
-    return (paths.sso_cache_dir / f"{sha1_name('my-sso')}.json").read_bytes()
 
 
 @pytest.fixture
@@ -186,8 +146,10 @@ async def test_a_torn_file_restored_with_its_old_mtime_never_costs_the_session(
         await served(daemon, DEV)
 
         # Half of it, as an in-place writer leaves it for a moment; the old mtime put back.
-        write_in_place(path, whole[: len(whole) // 2], times)
-        # The renewal comes due (the token held is good for ten more minutes).
+        write_in_place(path, whole[: len(whole) // 2], mtime_ns=times.st_mtime_ns)
+        # The renewal comes due (the token held is good for ten more minutes); dev's 32 s
+        # credentials lapse with the jump, so whatever is served after it was fetched after it.
+        fetched = emu.calls["GetRoleCredentials"]
         world.frozen.set(began + RENEWAL_DUE)
         session = await session_when(
             daemon, lambda s: s["state"] != "ok", within=PLANNER_LAG, what="a renewal"
@@ -195,13 +157,12 @@ async def test_a_torn_file_restored_with_its_old_mtime_never_costs_the_session(
         assert session["state"] == "retrying", session  # never login-required
         assert "cannot be read" in session["last_error"], session
         assert events(daemon, "session_cache_unreadable")
-        fetched = emu.calls["GetRoleCredentials"]
         await served(daemon, DEV)  # fetched anew, with the token held
         assert emu.calls["GetRoleCredentials"] > fetched
         assert session_in(await status_json(world.env))["state"] != "login-required"
 
         # Whole again, with the old mtime once more: read, and renewed from at the next try.
-        write_in_place(path, whole, times)
+        write_in_place(path, whole, mtime_ns=times.st_mtime_ns)
         refreshed = emu.calls["CreateToken"]
         world.frozen.advance(RETRY_SECONDS)
         await session_when(
