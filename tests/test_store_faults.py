@@ -14,10 +14,8 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import socket
 import stat
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -36,6 +34,8 @@ from credd.files.store import (
     SsoToken,
     sha1_name,
 )
+from tests.support.mounts import Tmpfs
+from tests.support.mounts import tmpfs as mounted_tmpfs
 
 SESSION = "my-sso"
 NAME = sha1_name(SESSION)
@@ -301,67 +301,29 @@ def test_a_huge_sparse_file_is_never_read_whole(cache: JsonCacheDir) -> None:
 # --------------------------------------------------------------------------- real filesystems
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed")
-    return found
-
-
-def _mount(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_tool("mount"), *args], capture_output=True, text=True, check=False)
-
-
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
+def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
     """A real 64 KiB tmpfs under ``tmp_path``, lazily unmounted whatever the test did."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    mounted = _mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "credd-test", str(mount_point))
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run([_tool("umount"), "-l", str(mount_point)], capture_output=True, check=False)
-
-
-def remount(mount_point: Path, how: str) -> None:
-    result = _mount("-o", f"remount,{how}", str(mount_point))
-    assert result.returncode == 0, result.stderr
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until the filesystem has no byte left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
+    with mounted_tmpfs(tmp_path / "tmpfs", size="64k") as mounted:
+        yield mounted
 
 
 @pytest.fixture
-def on_tmpfs(tmpfs: Path, tmp_path: Path) -> SsoCache:
+def on_tmpfs(tmpfs: Tmpfs, tmp_path: Path) -> SsoCache:
     """An SSO cache on the tmpfs holding RT-OLD; credd's state directory is not on it."""
-    sso = SsoCache(cache_in(tmpfs, tmp_path / "state"))
+    sso = SsoCache(cache_in(tmpfs.path, tmp_path / "state"))
     sso.save_token(SESSION, token(OLD))
     return sso
 
 
 def test_a_read_only_filesystem_fails_before_the_token_is_spent(
-    on_tmpfs: SsoCache, tmpfs: Path
+    on_tmpfs: SsoCache, tmpfs: Tmpfs
 ) -> None:
     sso = on_tmpfs
     path = sso.files.path(NAME)
     held, fingerprint = sso.load_entry(SESSION)
     before = path.read_bytes()
-    remount(tmpfs, "ro")
+    tmpfs.read_only()
     spent: list[str] = []
     with pytest.raises(CacheWriteError) as caught:
         refresh(sso, token(OURS), fingerprint, spent)
@@ -377,10 +339,10 @@ def test_a_read_only_filesystem_fails_before_the_token_is_spent(
 
 
 def test_a_read_only_filesystem_without_the_cache_directory_fails_alike(
-    tmpfs: Path, tmp_path: Path
+    tmpfs: Tmpfs, tmp_path: Path
 ) -> None:
-    cache = cache_in(tmpfs, tmp_path / "state")
-    remount(tmpfs, "ro")
+    cache = cache_in(tmpfs.path, tmp_path / "state")
+    tmpfs.read_only()
     with pytest.raises(CacheWriteError) as caught:
         cache.prepare(NAME)
     assert caught.value.errno == errno.EROFS
@@ -388,14 +350,14 @@ def test_a_read_only_filesystem_without_the_cache_directory_fails_alike(
 
 
 def test_a_token_that_cannot_be_written_is_rescued_and_written_later(
-    on_tmpfs: SsoCache, tmpfs: Path, tmp_path: Path
+    on_tmpfs: SsoCache, tmpfs: Tmpfs, tmp_path: Path
 ) -> None:
     sso = on_tmpfs
     fingerprint = sso.files.fingerprint(NAME)
     # more than prepare sets aside: another tool's fields made the token file grow
     grown = token({**OURS, "someToolsField": "x" * (24 * 1024)})
     with sso.prepare(SESSION) as pending:
-        fill(tmpfs / "filler")  # while the refresh is upstream, the disk fills up
+        tmpfs.fill()  # while the refresh is upstream, the disk fills up
         with pytest.raises(CacheWriteError) as caught:
             sso.commit(pending, grown, expected=fingerprint)
     assert caught.value.errno == errno.ENOSPC
@@ -404,10 +366,10 @@ def test_a_token_that_cannot_be_written_is_rescued_and_written_later(
     assert rescued_at.is_relative_to(tmp_path / "state")
     assert stat.S_IMODE(rescued_at.stat().st_mode) == 0o600
     # a restarted daemon: the cache still holds the spent token, the rescue the new one
-    restarted = SsoCache(cache_in(tmpfs, tmp_path / "state"))
+    restarted = SsoCache(cache_in(tmpfs.path, tmp_path / "state"))
     assert restarted.load_token(SESSION) == token(OLD)
     assert restarted.load_rescue(SESSION) == grown
-    (tmpfs / "filler").unlink()
+    tmpfs.free()
     with restarted.prepare(SESSION) as pending:
         restarted.commit(pending, grown, expected=fingerprint)
     assert restarted.discard_rescue(SESSION) is True
@@ -416,19 +378,21 @@ def test_a_token_that_cannot_be_written_is_rescued_and_written_later(
     assert names_in(restarted.files.directory) == [f"{NAME}.json"]
 
 
-def test_a_rescue_directory_on_a_read_only_filesystem_is_none(tmpfs: Path) -> None:
-    cache = cache_in(tmpfs, tmpfs / "state")
-    remount(tmpfs, "ro")
+def test_a_rescue_directory_on_a_read_only_filesystem_is_none(tmpfs: Tmpfs) -> None:
+    cache = cache_in(tmpfs.path, tmpfs.path / "state")
+    tmpfs.read_only()
     assert cache.rescue(NAME, OURS) is None
     assert cache.rescued(NAME) is None
 
 
-def test_a_full_filesystem_fails_before_the_token_is_spent(on_tmpfs: SsoCache, tmpfs: Path) -> None:
+def test_a_full_filesystem_fails_before_the_token_is_spent(
+    on_tmpfs: SsoCache, tmpfs: Tmpfs
+) -> None:
     sso = on_tmpfs
     path = sso.files.path(NAME)
     before = path.read_bytes()
     fingerprint = sso.files.fingerprint(NAME)
-    fill(tmpfs / "filler")
+    tmpfs.fill()
     spent: list[str] = []
     with pytest.raises(CacheWriteError) as caught:
         refresh(sso, token(OURS), fingerprint, spent)
@@ -440,17 +404,19 @@ def test_a_full_filesystem_fails_before_the_token_is_spent(on_tmpfs: SsoCache, t
     assert names_in(path.parent) == [path.name]
 
 
-def test_the_space_set_aside_by_prepare_is_there_at_commit(on_tmpfs: SsoCache, tmpfs: Path) -> None:
+def test_the_space_set_aside_by_prepare_is_there_at_commit(
+    on_tmpfs: SsoCache, tmpfs: Tmpfs
+) -> None:
     sso = on_tmpfs
     fingerprint = sso.files.fingerprint(NAME)
     with sso.prepare(SESSION) as pending:
-        fill(tmpfs / "filler")  # another program takes every byte left while credd refreshes
+        tmpfs.fill()  # another program takes every byte left while credd refreshes
         written = sso.commit(pending, token(OURS), expected=fingerprint)
     assert sso.load_entry(SESSION) == (token(OURS), written)
     assert names_in(sso.files.directory) == [f"{NAME}.json"]
 
 
-def test_a_write_larger_than_the_space_left_fails_whole(on_tmpfs: SsoCache, tmpfs: Path) -> None:
+def test_a_write_larger_than_the_space_left_fails_whole(on_tmpfs: SsoCache, tmpfs: Tmpfs) -> None:
     sso = on_tmpfs
     path = sso.files.path(NAME)
     before = path.read_bytes()
