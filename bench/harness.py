@@ -93,15 +93,22 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def aws_config(profiles: Sequence[str], *, session: str = SESSION) -> str:
-    """An AWS config with the sso-session ``session`` and one SSO profile per name."""
-    text = AWS_CONFIG.split("[profile ", 1)[0]
-    for name in profiles:
-        text += (
-            f"\n[profile {name}]\nsso_session = {session}\nsso_account_id = {ACCOUNT}\n"
-            f"sso_role_name = {ROLE}\nregion = {REGION}\n"
-        )
-    return text
+def sso_session_section(name: str) -> str:
+    """An ``[sso-session]`` as ``aws configure sso`` writes it, on the emulator's start URL."""
+    return (
+        f"[sso-session {name}]\nsso_start_url = {START_URL}\nsso_region = us-east-1\n"
+        "sso_registration_scopes = sso:account:access\n\n"
+    )
+
+
+def role_profile_section(
+    name: str, session: str, *, account: str = ACCOUNT, role: str = ROLE
+) -> str:
+    """An Identity Center role profile of ``session``."""
+    return (
+        f"[profile {name}]\nsso_session = {session}\nsso_account_id = {account}\n"
+        f"sso_role_name = {role}\nregion = {REGION}\n\n"
+    )
 
 
 # --------------------------------------------------------------------------- processes

@@ -70,13 +70,8 @@ def aws_config(sessions: int) -> tuple[str, list[str], list[str]]:
     names, used = [], []
     for i in range(sessions):
         session, profile = f"idle-{i:02d}", f"role-{i:02d}"
-        text += (
-            f"[sso-session {session}]\nsso_start_url = {harness.START_URL}\n"
-            "sso_region = us-east-1\nsso_registration_scopes = sso:account:access\n\n"
-            f"[profile {profile}]\nsso_session = {session}\n"
-            f"sso_account_id = {harness.ACCOUNT}\nsso_role_name = {harness.ROLE}\n"
-            f"region = {harness.REGION}\n\n"
-        )
+        text += harness.sso_session_section(session)
+        text += harness.role_profile_section(profile, session)
         names.append(profile)
         used.append(session)
     return text, names, used

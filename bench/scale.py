@@ -60,10 +60,7 @@ def aws_config(count: int, sessions: int) -> tuple[str, list[str], list[str]]:
     used = [f"sso-{i}" for i in range(max(1, min(sessions, count)))]
     text = ""
     for session in used:
-        text += (
-            f"[sso-session {session}]\nsso_start_url = {harness.START_URL}\n"
-            "sso_region = us-east-1\nsso_registration_scopes = sso:account:access\n\n"
-        )
+        text += harness.sso_session_section(session)
     names = [f"p{i:04d}" for i in range(count)]
     for i, name in enumerate(names):
         if i % CHAIN_EVERY == CHAIN_EVERY - 1:
@@ -73,10 +70,8 @@ def aws_config(count: int, sessions: int) -> tuple[str, list[str], list[str]]:
             )
         else:
             account, role = ROLES[i % len(ROLES)]
-            text += (
-                f"[profile {name}]\nsso_session = {used[i % len(used)]}\n"
-                f"sso_account_id = {account}\nsso_role_name = {role}\n"
-                f"region = {harness.REGION}\n\n"
+            text += harness.role_profile_section(
+                name, used[i % len(used)], account=account, role=role
             )
     return text, names, used
 
